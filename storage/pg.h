@@ -1,0 +1,80 @@
+/*
+ * pg.h — PostgreSQL on the event loop: a small pool of libpq connections in
+ * non-blocking pipeline mode, driven by uv_poll, with prepared statements and
+ * reconnect with backoff.  Nothing here blocks the loop, except
+ * gw_pg_migrate_sync(), which is for start-up and `paygated migrate`.
+ *
+ * Each job is one statement run in its own implicit transaction (a pipeline
+ * sync follows every job), so an error in one job never affects another.
+ * Multi-step writes are single statements calling SQL functions defined in
+ * the migrations (one round trip, atomic).
+ */
+#ifndef GW_PG_H
+#define GW_PG_H
+
+#include <uv.h>
+#include <libpq-fe.h>
+#include "gw.h"
+
+typedef struct gw_pg gw_pg_t;
+
+typedef struct gw_pg_opts {
+    const char *conninfo;    /* libpq connection string */
+    int pool_size;           /* connections, default 4 */
+    int max_pipeline;        /* jobs in flight per connection, default 32 */
+    int max_queue;           /* queued jobs before GW_EBUSY, default 10000 */
+    int reconnect_min_ms;    /* backoff start, default 100 */
+    int reconnect_max_ms;    /* backoff cap, default 5000 */
+    int query_timeout_ms;    /* per job from send; 0 = none. On expiry the
+                                connection is reset and its jobs fail GW_EIO */
+} gw_pg_opts_t;
+
+/*
+ * Completion.  err is
+ *   GW_OK       res is PGRES_TUPLES_OK or PGRES_COMMAND_OK;
+ *   GW_EUNAVAIL the job was never sent: no connection is up (res NULL);
+ *   GW_EIO      the connection was lost after sending: the outcome is
+ *               unknown (res NULL);
+ *   GW_ECONFLICT unique violation, SQLSTATE 23505 (res is the error result);
+ *   GW_ESTATE   any other SQL error (res is the error result; the error text
+ *               was logged at warn level without parameter values);
+ *   GW_ECANCELED the pool was closed before the job ran (res NULL);
+ *   GW_EBUSY    never delivered here: gw_pg_exec returns it instead.
+ * res is borrowed: valid only during the callback.  The callback is called
+ * exactly once when gw_pg_exec returned GW_OK, never otherwise (libuv rule).
+ */
+typedef void (*gw_pg_cb)(void *udata, gw_err_t err, PGresult *res);
+
+gw_pg_t *gw_pg_new(uv_loop_t *loop, const gw_pg_opts_t *opts);
+/* Registers a statement prepared on every connection as it connects.
+ * Call before gw_pg_start.  The strings are copied. */
+gw_err_t gw_pg_prepare(gw_pg_t *pg, const char *name, const char *sql);
+void gw_pg_start(gw_pg_t *pg);
+
+/* Runs a prepared statement (name != NULL) with text parameters; values[i]
+ * may be NULL for SQL NULL.  Values are copied; the caller may free them on
+ * return.  Returns GW_EUNAVAIL at once when no connection is up, GW_EBUSY
+ * when the queue is full. */
+gw_err_t gw_pg_exec(gw_pg_t *pg, const char *stmt, int nparams, const char *const *values,
+                    gw_pg_cb cb, void *udata);
+/* The same for a literal SQL text (unnamed statement). */
+gw_err_t gw_pg_exec_sql(gw_pg_t *pg, const char *sql, int nparams, const char *const *values,
+                        gw_pg_cb cb, void *udata);
+
+/* Connections currently up (0 … pool_size). */
+int gw_pg_up(const gw_pg_t *pg);
+int gw_pg_size(const gw_pg_t *pg);
+/* Jobs queued + in flight. */
+int gw_pg_pending(const gw_pg_t *pg);
+
+/* Fails queued jobs with GW_ECANCELED, waits for in-flight ones, closes all
+ * connections and handles, frees pg, then calls done (may be NULL). */
+void gw_pg_close(gw_pg_t *pg, void (*done)(void *), void *udata);
+
+/* Blocking: applies every migration in gw_migrations[] not yet recorded in
+ * schema_migrations, each in its own transaction, under an advisory lock so
+ * several nodes may start at once.  Returns GW_OK and the count applied, or
+ * an error with a message (no secrets) in errbuf. */
+gw_err_t gw_pg_migrate_sync(const char *conninfo, int *applied, char *errbuf, size_t errlen);
+
+#endif /* GW_PG_H */

@@ -1,0 +1,41 @@
+/*
+ * redis.h — Redis on the event loop through hiredis' async API and its libuv
+ * adapter, with reconnect and backoff.  While Redis is down every command
+ * fails at once with GW_EUNAVAIL, and callers degrade (slower, not wrong).
+ */
+#ifndef GW_REDIS_H
+#define GW_REDIS_H
+
+#include <uv.h>
+#include <hiredis/hiredis.h>
+#include "gw.h"
+
+typedef struct gw_redis gw_redis_t;
+
+typedef struct gw_redis_opts {
+    const char *host;        /* default 127.0.0.1 */
+    int port;                /* default 6379 */
+    const char *password;    /* optional AUTH; never logged */
+    int db;                  /* SELECT, default 0 */
+    int reconnect_min_ms;    /* default 100 */
+    int reconnect_max_ms;    /* default 5000 */
+    int command_timeout_ms;  /* default 1000: a command not answered by then
+                                completes with GW_ETIMEDOUT and the connection
+                                is dropped and re-established */
+} gw_redis_opts_t;
+
+/* err GW_OK with reply (which may be a REDIS_REPLY_ERROR reply: check
+ * reply->type); GW_EUNAVAIL / GW_EIO / GW_ETIMEDOUT / GW_ECANCELED with reply
+ * NULL.  reply is borrowed for the callback.  Exactly once when the submit
+ * call returned GW_OK, never otherwise. */
+typedef void (*gw_redis_cb)(void *udata, gw_err_t err, redisReply *reply);
+
+gw_redis_t *gw_redis_new(uv_loop_t *loop, const gw_redis_opts_t *opts);
+void gw_redis_start(gw_redis_t *r);
+gw_err_t gw_redis_cmd(gw_redis_t *r, gw_redis_cb cb, void *udata, const char *fmt, ...);
+gw_err_t gw_redis_cmdargv(gw_redis_t *r, gw_redis_cb cb, void *udata, int argc,
+                          const char **argv, const size_t *argvlen);
+int gw_redis_up(const gw_redis_t *r);
+void gw_redis_close(gw_redis_t *r, void (*done)(void *), void *udata);
+
+#endif /* GW_REDIS_H */
