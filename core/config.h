@@ -1,0 +1,60 @@
+/*
+ * config.h — the daemon's one JSON configuration file.
+ * config/paygated.example.json documents every key.  Unknown keys and wrong
+ * types are errors that name the field (exit status 2).
+ */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include "gw.h"
+
+typedef struct cJSON cJSON;
+
+typedef struct gw_config {
+    char *listen_host;
+    int listen_port;
+    char *admin_host;
+    int admin_port;
+    char *admin_token;
+    int log_level;
+    char *pid_file; /* NULL: none */
+    struct {
+        int max_connections;
+        int max_header_bytes;
+        int max_body_bytes;
+        int header_timeout_ms;
+        int body_timeout_ms;
+        int idle_timeout_ms;
+        int shutdown_timeout_ms;
+    } http;
+    struct {
+        char *conninfo;
+        int pool_size;
+        int max_pipeline;
+        int query_timeout_ms;
+    } pg;
+    struct {
+        char *host;
+        int port;
+        char *password;
+        int db;
+        int command_timeout_ms;
+    } redis;
+    struct {
+        char *dir;
+        int drain_timeout_ms;
+        cJSON *settings; /* object: channel name -> its settings object (owned) */
+    } channels;
+    struct {
+        int64_t max_amount;        /* fen, per order */
+        int timestamp_skew_s;      /* merchant request timestamps */
+    } api;
+} gw_config_t;
+
+/* Parses and validates text.  On error returns GW_EINVAL and writes a message
+ * naming the field into err (e.g. "http.max_conections: unknown key"). */
+gw_err_t gw_config_parse(const char *text, size_t len, gw_config_t *cfg, char *err, size_t errlen);
+gw_err_t gw_config_load(const char *path, gw_config_t *cfg, char *err, size_t errlen);
+void gw_config_free(gw_config_t *cfg);
+
+#endif /* GW_CONFIG_H */
