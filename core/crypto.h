@@ -14,7 +14,7 @@
 
 #include "gw.h"
 
-enum gw_hash { GW_HASH_SHA1 = 1, GW_HASH_SHA256 = 2 };
+/* enum gw_hash (GW_HASH_SHA1, GW_HASH_SHA256) is defined in gw_channel.h */
 
 /* Hex: out must hold 2*n+1 bytes; upper != 0 gives A-F. */
 void gw_hex_encode(const uint8_t *in, size_t n, char *out, int upper);
@@ -36,7 +36,7 @@ gw_err_t gw_url_encode(const char *in, size_t n, gw_buf_t *out);
 gw_err_t gw_url_decode(const char *in, size_t n, int plus_is_space, gw_buf_t *out);
 
 /* ---- RSA (PKCS#1 v1.5) ---- */
-typedef struct gw_rsa_key gw_rsa_key_t;
+/* gw_rsa_key_t is declared in gw_channel.h (opaque) */
 
 /* Accepts PEM (PKCS#1 "RSA PRIVATE KEY" or PKCS#8 "PRIVATE KEY") or the bare
  * Base64 of PKCS#8/PKCS#1 DER, as Alipay and MyBank hand out keys.

@@ -33,14 +33,7 @@ static inline int gw_str_eq(gw_str_t a, const char *b)
 const char *gw_strerror(gw_err_t err);
 const char *gw_err_name(gw_err_t err);
 
-/* ---- bounded growable buffer (curl dynbuf) ---- */
-typedef struct gw_buf {
-    char *data;  /* always NUL-terminated when non-NULL */
-    size_t len;
-    size_t cap;
-    size_t max;  /* hard maximum of len; appending past it gives GW_ETOOBIG */
-} gw_buf_t;
-
+/* ---- bounded growable buffer (curl dynbuf); gw_buf_t is in gw_channel.h ---- */
 void gw_buf_init(gw_buf_t *b, size_t max);
 void gw_buf_free(gw_buf_t *b);
 void gw_buf_reset(gw_buf_t *b);

@@ -1,0 +1,344 @@
+/*
+ * client.c — libcurl multi-socket API on libuv (see client.h).
+ */
+#include "client.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+struct gw_client {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    gw_client_opts_t opts;
+    int inflight;
+    int closing;
+    int handles_open;
+    void (*done)(void *);
+    void *done_udata;
+    struct xfer *xfers; /* in flight, for cancellation */
+    struct sock_ctx *socks; /* polled sockets */
+};
+
+typedef struct sock_ctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    gw_client_t *client;
+    struct sock_ctx *prev, *next;
+} sock_ctx_t;
+
+typedef struct xfer {
+    struct xfer *prev, *next;
+    gw_client_t *client;
+    CURL *easy;
+    struct curl_slist *hdrs;
+    gw_client_cb cb;
+    void *udata;
+    gw_client_response_t resp;
+    int too_big;
+} xfer_t;
+
+static int curl_initialised;
+
+static void check_multi_info(gw_client_t *c);
+static void on_sock_close(uv_handle_t *h);
+
+static void xfer_finish(xfer_t *x, gw_err_t err, const char *msg)
+{
+    gw_client_t *c = x->client;
+    gw_client_response_t *r = &x->resp;
+    long status = 0, reqsize = 0;
+    double total = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &reqsize);
+    curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &total);
+    r->status = (int)status;
+    r->total_s = total;
+    r->err = err;
+    r->sent = reqsize > 0;
+    if (msg) snprintf(r->errmsg, sizeof(r->errmsg), "%s", msg);
+    curl_multi_remove_handle(c->multi, x->easy);
+    curl_easy_cleanup(x->easy);
+    curl_slist_free_all(x->hdrs);
+    if (x->prev) x->prev->next = x->next;
+    else c->xfers = x->next;
+    if (x->next) x->next->prev = x->prev;
+    c->inflight--;
+    x->cb(x->udata, r);
+    gw_buf_free(&r->headers);
+    gw_buf_free(&r->body);
+    free(x);
+}
+
+static void check_multi_info(gw_client_t *c)
+{
+    CURLMsg *msg;
+    int pending;
+    while ((msg = curl_multi_info_read(c->multi, &pending))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        xfer_t *x = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        CURLcode cc = msg->data.result;
+        gw_err_t err = GW_OK;
+        const char *why = NULL;
+        if (cc != CURLE_OK) {
+            why = curl_easy_strerror(cc);
+            if (cc == CURLE_OPERATION_TIMEDOUT) err = GW_ETIMEDOUT;
+            else if (x->too_big || cc == CURLE_WRITE_ERROR) err = GW_ETOOBIG, why = "response too large";
+            else if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST) err = GW_EUNAVAIL;
+            else err = GW_EIO;
+        }
+        xfer_finish(x, err, why);
+    }
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    sock_ctx_t *s = h->data;
+    gw_client_t *c = s->client;
+    int flags = 0;
+    if (status < 0) flags = CURL_CSELECT_ERR;
+    else {
+        if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+    }
+    int running;
+    curl_multi_socket_action(c->multi, s->fd, flags, &running);
+    check_multi_info(c);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    gw_client_t *c = t->data;
+    int running;
+    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(c);
+}
+
+static int start_timeout(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    gw_client_t *c = userp;
+    if (timeout_ms < 0) uv_timer_stop(&c->timer);
+    else uv_timer_start(&c->timer, on_timeout, timeout_ms == 0 ? 1 : (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+static void sock_release(sock_ctx_t *s)
+{
+    gw_client_t *c = s->client;
+    if (s->prev) s->prev->next = s->next;
+    else c->socks = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, on_sock_close);
+}
+
+static void on_sock_close(uv_handle_t *h)
+{
+    sock_ctx_t *s = h->data;
+    gw_client_t *c = s->client;
+    free(s);
+    c->handles_open--;
+    if (c->closing && c->handles_open == 0) {
+        void (*done)(void *) = c->done;
+        void *ud = c->done_udata;
+        free(c);
+        if (done) done(ud);
+    }
+}
+
+static int handle_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp)
+{
+    (void)easy;
+    gw_client_t *c = userp;
+    sock_ctx_t *s = socketp;
+    if (action == CURL_POLL_REMOVE) {
+        if (s) {
+            sock_release(s);
+            curl_multi_assign(c->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (s == NULL) {
+        s = calloc(1, sizeof(*s));
+        if (s == NULL) return -1;
+        s->fd = fd;
+        s->client = c;
+        if (uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        c->handles_open++;
+        s->next = c->socks;
+        if (c->socks) c->socks->prev = s;
+        c->socks = s;
+        curl_multi_assign(c->multi, fd, s);
+    }
+    int events = 0;
+    if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) events |= UV_READABLE;
+    if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, on_poll);
+    return 0;
+}
+
+static size_t on_body(char *ptr, size_t size, size_t n, void *udata)
+{
+    xfer_t *x = udata;
+    if (gw_buf_append(&x->resp.body, ptr, size * n) != GW_OK) {
+        x->too_big = 1;
+        return 0;
+    }
+    return size * n;
+}
+
+static size_t on_header(char *ptr, size_t size, size_t n, void *udata)
+{
+    xfer_t *x = udata;
+    size_t len = size * n;
+    /* keep only the final response's headers (after 100 Continue etc.) */
+    if (len > 5 && memcmp(ptr, "HTTP/", 5) == 0) gw_buf_reset(&x->resp.headers);
+    if (gw_buf_append(&x->resp.headers, ptr, len) != GW_OK) {
+        x->too_big = 1;
+        return 0;
+    }
+    return len;
+}
+
+gw_client_t *gw_client_new(uv_loop_t *loop, const gw_client_opts_t *opts)
+{
+    if (!curl_initialised) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        curl_initialised = 1;
+    }
+    gw_client_t *c = gw_xcalloc(1, sizeof(*c));
+    c->loop = loop;
+    c->opts = *opts;
+    if (c->opts.max_host_connections <= 0) c->opts.max_host_connections = 64;
+    if (c->opts.max_total_connections <= 0) c->opts.max_total_connections = 1024;
+    if (c->opts.max_conn_age_s <= 0) c->opts.max_conn_age_s = 60;
+    if (c->opts.max_response_bytes == 0) c->opts.max_response_bytes = 1 << 20;
+    if (c->opts.connect_timeout_ms <= 0) c->opts.connect_timeout_ms = 3000;
+    c->multi = curl_multi_init();
+    if (c->multi == NULL) {
+        fprintf(stderr, "paygated: curl_multi_init failed\n");
+        abort();
+    }
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, handle_socket);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, start_timeout);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)c->opts.max_host_connections);
+    curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)c->opts.max_total_connections);
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)c->opts.max_total_connections);
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    c->handles_open = 1;
+    return c;
+}
+
+gw_err_t gw_client_send(gw_client_t *c, const gw_client_request_t *req, gw_client_cb cb,
+                        void *udata)
+{
+    if (c->closing) return GW_ECANCELED;
+    xfer_t *x = calloc(1, sizeof(*x));
+    if (x == NULL) return GW_ENOMEM;
+    x->client = c;
+    x->cb = cb;
+    x->udata = udata;
+    gw_buf_init(&x->resp.headers, 64 * 1024);
+    gw_buf_init(&x->resp.body, c->opts.max_response_bytes);
+    x->easy = curl_easy_init();
+    if (x->easy == NULL) {
+        free(x);
+        return GW_ENOMEM;
+    }
+    CURL *e = x->easy;
+    curl_easy_setopt(e, CURLOPT_URL, req->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(req->timeout_ms > 0 ? req->timeout_ms : 10000));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->opts.connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long)c->opts.max_conn_age_s);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->opts.max_response_bytes);
+
+    /* never wait for 100-continue; an empty Expect disables it */
+    x->hdrs = curl_slist_append(NULL, "Expect:");
+    if (req->headers) {
+        const char *p = req->headers;
+        while (*p) {
+            const char *eol = strstr(p, "\r\n");
+            size_t n = eol ? (size_t)(eol - p) : strlen(p);
+            if (n > 0 && n < 8192) {
+                char line[8192];
+                memcpy(line, p, n);
+                line[n] = '\0';
+                struct curl_slist *nl = curl_slist_append(x->hdrs, line);
+                if (nl) x->hdrs = nl;
+            }
+            p += n + (eol ? 2 : 0);
+        }
+    }
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
+    if (strcmp(req->method, "GET") == 0) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, req->body ? req->body : "");
+        if (strcmp(req->method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+    }
+    x->next = c->xfers;
+    if (c->xfers) c->xfers->prev = x;
+    c->xfers = x;
+    c->inflight++;
+    if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
+        c->xfers = x->next;
+        if (x->next) x->next->prev = NULL;
+        c->inflight--;
+        curl_slist_free_all(x->hdrs);
+        curl_easy_cleanup(e);
+        gw_buf_free(&x->resp.headers);
+        gw_buf_free(&x->resp.body);
+        free(x);
+        return GW_EIO;
+    }
+    return GW_OK;
+}
+
+int gw_client_inflight(const gw_client_t *c) { return c->inflight; }
+
+static void on_timer_close(uv_handle_t *h)
+{
+    gw_client_t *c = h->data;
+    c->handles_open--;
+    if (c->handles_open == 0) {
+        void (*done)(void *) = c->done;
+        void *ud = c->done_udata;
+        free(c);
+        if (done) done(ud);
+    }
+}
+
+void gw_client_close(gw_client_t *c, void (*done)(void *), void *udata)
+{
+    c->closing = 1;
+    c->done = done;
+    c->done_udata = udata;
+    while (c->xfers) xfer_finish(c->xfers, GW_ECANCELED, "client closed");
+    /* closing the multi handle closes its sockets (CURL_POLL_REMOVE) */
+    curl_multi_cleanup(c->multi);
+    c->multi = NULL;
+    while (c->socks) sock_release(c->socks);
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, on_timer_close);
+}
