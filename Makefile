@@ -63,10 +63,12 @@ build/gen/migrations.c: $(MIGRATIONS) storage/embed.sh
 # ---- objects ----
 build/rel/obj/%.o: %.c build/gen/migrations.c
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(PKG_CFLAGS) $(REL_CFLAGS) -MMD -MP -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(BASE_CFLAGS) $(PKG_CFLAGS) $(REL_CFLAGS) -MMD -MP -c $< -o $@
 build/asan/obj/%.o: %.c build/gen/migrations.c
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(PKG_CFLAGS) $(ASAN_CFLAGS) -MMD -MP -c $< -o $@
+	@echo "  CC/asan $<"
+	@$(CC) $(BASE_CFLAGS) $(PKG_CFLAGS) $(ASAN_CFLAGS) -MMD -MP -c $< -o $@
 build/%/obj/gen/migrations.o: build/gen/migrations.c
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) -O1 -c $< -o $@
@@ -80,6 +82,14 @@ build/%/llhttp/llhttp.a: $(LLHTTP_C)
 
 REL_OBJ  := $(LIB_SRC:%.c=build/rel/obj/%.o) build/rel/obj/gen/migrations.o
 ASAN_OBJ := $(LIB_SRC:%.c=build/asan/obj/%.o) build/asan/obj/gen/migrations.o
+
+# the core as archives: a unit test links only the objects it needs
+build/rel/libgw.a: $(REL_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+build/asan/libgw.a: $(ASAN_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
 
 build/rel/paygated: build/rel/obj/core/main.o $(REL_OBJ) build/rel/llhttp/llhttp.a
 	$(CC) -o $@ $^ $(PKG_LIBS)
@@ -104,9 +114,10 @@ build/test-channels/%.so: $$(wildcard test/channels/%/*.c) channels/gw_channel.h
 	  -shared -o $@ $(filter %.c,$^)
 
 # ---- unit tests (cmocka, ASan+UBSan) ----
-build/asan/unit/%: test/unit/%.c $(ASAN_OBJ) build/asan/llhttp/llhttp.a
+build/asan/unit/%: test/unit/%.c build/asan/libgw.a build/asan/llhttp/llhttp.a
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(PKG_CFLAGS) $(ASAN_CFLAGS) -Wno-missing-prototypes -o $@ $^ \
+	@echo "  TEST    $@"
+	@$(CC) $(BASE_CFLAGS) $(PKG_CFLAGS) $(ASAN_CFLAGS) -Wno-missing-prototypes -o $@ $^ \
 	  $(ASAN_LDFLAGS) $(PKG_LIBS) -lcmocka
 
 unit: check-deps asan
