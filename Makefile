@@ -108,7 +108,8 @@ build/asan/channels/%.so: $$(wildcard channels/%/*.c) channels/gw_channel.h
 	@mkdir -p $(@D)
 	$(CC) -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) $(SHOBJ_CFLAGS) -DGW_CHANNEL_NAME='"$*"' \
 	  -shared -o $@ $(filter %.c,$^)
-build/test-channels/%.so: $$(wildcard test/channels/%/*.c) channels/gw_channel.h
+
+build/test-channels/%.so: $$(wildcard test/channels/%/*.c) channels/gw_channel.h test/channels/bad_common.h
 	@mkdir -p $(@D)
 	$(CC) -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) $(SHOBJ_CFLAGS) -DGW_CHANNEL_NAME='"$*"' \
 	  -shared -o $@ $(filter %.c,$^)

@@ -366,6 +366,7 @@ typedef struct gw_channel {
      * absent.  On failure init writes a reason (no secrets) into err. */
     gw_err_t (*init)(void *ctx, const gw_host_api_t *host, const char *settings,
                      size_t settings_len, gw_buf_t *err);
+    /* may be NULL; never called after a failed init (init cleans up itself) */
     void (*fini)(void *ctx);
 
     /* 1.0 operations: each builds a request, then parses its response.
@@ -407,6 +408,9 @@ typedef const gw_channel_t *(*gw_channel_entry_fn)(void);
 #else
 #define GW_CHANNEL_EXPORT
 #endif
+
+/* Every module defines this, and nothing else, with GW_CHANNEL_EXPORT. */
+GW_CHANNEL_EXPORT const gw_channel_t *gw_channel_entry(void);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
  * app.c — routing, health and metrics endpoints.
  */
 #include "app.h"
+#include "api.h"
 #include "metrics.h"
 
 #include <cjson/cJSON.h>
@@ -21,7 +22,7 @@ void gw_respond_json(gw_http_req_t *req, int status, cJSON *json)
     cJSON_free(text);
 }
 
-void gw_route_dispatch(gw_app_t *app, const gw_route_t *routes, gw_http_req_t *req)
+int gw_route_dispatch(gw_app_t *app, const gw_route_t *routes, gw_http_req_t *req)
 {
     int path_known = 0;
     char allow[128] = "";
@@ -33,7 +34,7 @@ void gw_route_dispatch(gw_app_t *app, const gw_route_t *routes, gw_http_req_t *r
         if (strcmp(r->method, req->method_name) == 0) {
             req->route = r->label;
             r->fn(app, req);
-            return;
+            return 1;
         }
         path_known = 1;
         if (!strstr(allow, r->method)) {
@@ -45,9 +46,9 @@ void gw_route_dispatch(gw_app_t *app, const gw_route_t *routes, gw_http_req_t *r
         req->route = "-";
         gw_http_add_header(req, "Allow", allow);
         gw_http_respond_error(req, 405, "method_not_allowed", "method not allowed for this path");
-        return;
+        return 1;
     }
-    gw_http_respond_error(req, 404, "not_found", "no such endpoint");
+    return 0;
 }
 
 /* ---- /healthz: a live query through the pool ---- */
@@ -117,7 +118,7 @@ static const gw_route_t public_routes[] = {
 
 void gw_app_public_handler(gw_http_req_t *req, void *udata)
 {
-    gw_route_dispatch(udata, public_routes, req);
+    if (!gw_route_dispatch(udata, public_routes, req)) gw_api_dispatch(udata, req);
 }
 
 /* ---- admin listener: bearer token ---- */
@@ -149,7 +150,7 @@ void gw_app_admin_handler(gw_http_req_t *req, void *udata)
         gw_http_respond_error(req, 401, "unauthorized", "a valid admin bearer token is required");
         return;
     }
-    gw_route_dispatch(app, admin_routes, req);
+    if (!gw_route_dispatch(app, admin_routes, req)) gw_admin_dispatch(app, req);
 }
 
 /* ---- metrics ---- */

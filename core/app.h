@@ -30,15 +30,18 @@ struct gw_app {
     gw_redis_t *redis;
     gw_http_server_t *http;   /* merchant API, notifications, health */
     gw_http_server_t *admin;  /* operators: loopback + bearer token */
+    struct gw_client *client;             /* outbound HTTP (channels, merchants) */
+    struct gw_chan_registry *channels;    /* loaded channel modules */
+    struct gw_merchant_cache *merchants;  /* merchant secrets, short TTL */
     uv_signal_t sig_term, sig_int, sig_hup;
     int stopping;
     int pending_stops;
     uint64_t started_ms;
 };
 
-/* Dispatches a request against a route table: 404 for an unknown path,
- * 405 (with Allow) for a known path with another method. */
-void gw_route_dispatch(gw_app_t *app, const gw_route_t *routes, gw_http_req_t *req);
+/* Dispatches a request against a route table: 405 (with Allow) for a known
+ * path with another method; returns 0 (nothing answered) for an unknown path. */
+int gw_route_dispatch(gw_app_t *app, const gw_route_t *routes, gw_http_req_t *req);
 
 /* Request handlers of the public and admin listeners. */
 void gw_app_public_handler(gw_http_req_t *req, void *udata);

@@ -71,6 +71,8 @@ static const gw__cfg_field_t redis_fields[] = {
 static const gw__cfg_field_t channels_fields[] = {
     STR("dir", channels.dir, 1),
     INT("drain_timeout_ms", channels.drain_timeout_ms, 0, 0, 3600000),
+    INT("call_timeout_ms", channels.call_timeout_ms, 0, 10, 600000),
+    STR("notify_base_url", channels.notify_base_url, 0),
     { "settings", CFG_ANYOBJ, OFF(channels.settings), 0, 0, 0, NULL },
     END
 };
@@ -109,6 +111,7 @@ static void gw__cfg_defaults(gw_config_t *c)
     c->redis.port = 6379;
     c->redis.command_timeout_ms = 1000;
     c->channels.drain_timeout_ms = 30000;
+    c->channels.call_timeout_ms = 10000;
     c->api.max_amount = INT64_C(100000000); /* 1 000 000.00 yuan */
     c->api.timestamp_skew_s = 300;
 }
@@ -264,6 +267,7 @@ void gw_config_free(gw_config_t *c)
     free(c->redis.host);
     free(c->redis.password);
     free(c->channels.dir);
+    free(c->channels.notify_base_url);
     cJSON_Delete(c->channels.settings);
     memset(c, 0, sizeof(*c));
 }

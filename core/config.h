@@ -43,6 +43,8 @@ typedef struct gw_config {
     struct {
         char *dir;
         int drain_timeout_ms;
+        int call_timeout_ms;      /* default deadline of one channel call */
+        char *notify_base_url;    /* how channels reach /notify/{channel} */
         cJSON *settings; /* object: channel name -> its settings object (owned) */
     } channels;
     struct {

@@ -348,10 +348,13 @@ static void conn_fail(gw_http_conn_t *c, int status, const char *code, const cha
     gw_buf_init(&out, 8192);
     error_body(&body, code, msg);
     gw_http_req_t *r = c->req;
-    build_response(&out, status, "application/json", body.data, body.len, r ? r->id : NULL,
-                   NULL, 0);
-    gw_log_req(GW_LOG_INFO, r ? r->id : NULL, "%s: %s %d %s (%s)", c->srv->name, c->peer,
-               status, code, msg);
+    char idbuf[24];
+    if (r == NULL) /* no request parsed yet (connection cap): still give an id */
+        snprintf(idbuf, sizeof(idbuf), "%08x%08llx", c->srv->id_prefix,
+                 (unsigned long long)++c->srv->next_id);
+    const char *id = r ? r->id : idbuf;
+    build_response(&out, status, "application/json", body.data, body.len, id, NULL, 0);
+    gw_log_req(GW_LOG_INFO, id, "%s: %s %d %s (%s)", c->srv->name, c->peer, status, code, msg);
     if (r && c->srv->observer) c->srv->observer(r, status, c->srv->observer_udata);
     write_raw(c, out.data, out.len, 1);
     gw_buf_free(&body);

@@ -1,0 +1,273 @@
+/*
+ * admin.c — the operators' API on the admin listener (bearer token checked
+ * by the caller).  Secrets are write-only: never returned, never logged.
+ *
+ *   PUT  /admin/merchants/{id}              {name, secret, status?}
+ *   PUT  /admin/shops/{id}                  {merchant_id, name}
+ *   POST /admin/sub-merchants               {channel, mch_id, app_id?, key?, private_key?,
+ *                                            public_key?, extra?} → {id}
+ *   PUT  /admin/shops/{id}/bindings/{method} [{channel, sub_merchant_ids:[…]}, …]
+ *   GET  /admin/channels                    loaded channel modules
+ *   POST /admin/channels/reload             the same as SIGHUP
+ *   GET  /admin/orders/{trade_no}           an order with its events
+ */
+#include "api.h"
+#include "channel.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct adm {
+    gw_app_t *app;
+    gw_http_req_t *req;
+    const char *what;
+} adm_t;
+
+static int id_ok(gw_str_t s)
+{
+    if (s.len == 0 || s.len > 32) return 0;
+    for (size_t i = 0; i < s.len; i++)
+        if (!isalnum((unsigned char)s.ptr[i]) && s.ptr[i] != '_' && s.ptr[i] != '-') return 0;
+    return 1;
+}
+
+static void adm_pg_cb(void *udata, gw_err_t err, PGresult *res)
+{
+    adm_t *a = udata;
+    if (err == GW_OK) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddBoolToObject(j, "ok", 1);
+        if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0)) {
+            cJSON *v = cJSON_Parse(PQgetvalue(res, 0, 0));
+            if (v) cJSON_AddItemToObject(j, "result", v);
+        }
+        gw_respond_json(a->req, 200, j);
+    } else if (err == GW_ECONFLICT) {
+        gw_http_respond_error(a->req, 409, "conflict", "conflicts with an existing record");
+    } else if (err == GW_ESTATE) {
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s rejected by the database (SQLSTATE %s)", a->what,
+                 state ? state : "?");
+        gw_http_respond_error(a->req, 422, "invalid_request", msg);
+    } else {
+        gw_http_respond_error(a->req, 503, "service_unavailable", "the database is unavailable");
+    }
+    free(a);
+}
+
+static void adm_exec(gw_app_t *app, gw_http_req_t *req, const char *what, const char *sql, int n,
+                     const char *const *vals)
+{
+    adm_t *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        gw_http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    a->app = app;
+    a->req = req;
+    a->what = what;
+    gw_err_t rc = gw_pg_exec_sql(app->pg, sql, n, vals, adm_pg_cb, a);
+    if (rc != GW_OK) {
+        free(a);
+        gw_http_respond_error(req, 503, "service_unavailable", "the database is unavailable");
+    }
+}
+
+static cJSON *body_object(gw_http_req_t *req)
+{
+    cJSON *j = cJSON_ParseWithLength(req->body.data, req->body.len);
+    if (j && !cJSON_IsObject(j) && !cJSON_IsArray(j)) {
+        cJSON_Delete(j);
+        j = NULL;
+    }
+    if (j == NULL) gw_http_respond_error(req, 400, "invalid_json", "the body must be JSON");
+    return j;
+}
+
+static const char *s_or(const cJSON *o, const char *k, const char *dflt)
+{
+    const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k));
+    return s ? s : dflt;
+}
+
+static void put_merchant(gw_app_t *app, gw_http_req_t *req, gw_str_t id)
+{
+    cJSON *b = body_object(req);
+    if (b == NULL) return;
+    const char *name = s_or(b, "name", NULL), *secret = s_or(b, "secret", NULL);
+    const char *status = s_or(b, "status", "active");
+    if (name == NULL || secret == NULL || strlen(secret) < 16) {
+        gw_http_respond_error(req, 400, "invalid_request", "name and secret (16+ characters) are required");
+        cJSON_Delete(b);
+        return;
+    }
+    char idb[40];
+    snprintf(idb, sizeof(idb), "%.*s", (int)id.len, id.ptr);
+    const char *v[] = { idb, name, secret, status };
+    adm_exec(app, req, "merchant",
+             "INSERT INTO merchants (id, name, secret, status) VALUES ($1, $2, $3, $4) "
+             "ON CONFLICT (id) DO UPDATE SET name = $2, secret = $3, status = $4, updated_at = now() "
+             "RETURNING jsonb_build_object('id', id)",
+             4, v);
+    cJSON_Delete(b);
+}
+
+static void put_shop(gw_app_t *app, gw_http_req_t *req, gw_str_t id)
+{
+    cJSON *b = body_object(req);
+    if (b == NULL) return;
+    const char *name = s_or(b, "name", NULL), *mid = s_or(b, "merchant_id", NULL);
+    if (name == NULL || mid == NULL) {
+        gw_http_respond_error(req, 400, "invalid_request", "merchant_id and name are required");
+        cJSON_Delete(b);
+        return;
+    }
+    char idb[40];
+    snprintf(idb, sizeof(idb), "%.*s", (int)id.len, id.ptr);
+    const char *v[] = { idb, mid, name };
+    adm_exec(app, req, "shop",
+             "INSERT INTO shops (id, merchant_id, name) VALUES ($1, $2, $3) "
+             "ON CONFLICT (id) DO UPDATE SET name = $3, updated_at = now() "
+             "WHERE shops.merchant_id = $2 RETURNING jsonb_build_object('id', id)",
+             3, v);
+    cJSON_Delete(b);
+}
+
+static void post_sub_merchant(gw_app_t *app, gw_http_req_t *req)
+{
+    cJSON *b = body_object(req);
+    if (b == NULL) return;
+    const char *channel = s_or(b, "channel", NULL), *mch = s_or(b, "mch_id", NULL);
+    if (channel == NULL || mch == NULL) {
+        gw_http_respond_error(req, 400, "invalid_request", "channel and mch_id are required");
+        cJSON_Delete(b);
+        return;
+    }
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(b, "extra");
+    char *extra_text = extra ? cJSON_PrintUnformatted(extra) : NULL;
+    const char *v[] = { channel, mch, s_or(b, "app_id", ""), s_or(b, "key", ""),
+                        s_or(b, "private_key", ""), s_or(b, "public_key", ""),
+                        extra_text ? extra_text : "{}" };
+    adm_exec(app, req, "sub-merchant",
+             "INSERT INTO sub_merchants (channel, mch_id, app_id, key, private_key, public_key, extra) "
+             "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT (channel, mch_id) DO UPDATE SET "
+             "app_id = $3, key = $4, private_key = $5, public_key = $6, extra = $7::jsonb, updated_at = now() "
+             "RETURNING jsonb_build_object('id', id)",
+             7, v);
+    cJSON_free(extra_text);
+    cJSON_Delete(b);
+}
+
+static void put_bindings(gw_app_t *app, gw_http_req_t *req, gw_str_t shop, gw_str_t method)
+{
+    cJSON *b = body_object(req);
+    if (b == NULL) return;
+    if (!cJSON_IsArray(b)) {
+        gw_http_respond_error(req, 400, "invalid_request", "the body must be an array of bindings");
+        cJSON_Delete(b);
+        return;
+    }
+    char sb[40], mb[40];
+    snprintf(sb, sizeof(sb), "%.*s", (int)shop.len, shop.ptr);
+    snprintf(mb, sizeof(mb), "%.*s", (int)method.len, method.ptr);
+    char *text = cJSON_PrintUnformatted(b);
+    const char *v[] = { sb, mb, text };
+    adm_exec(app, req, "bindings", "SELECT to_jsonb(gw_bindings_set($1, $2, $3::jsonb))", 3, v);
+    cJSON_free(text);
+    cJSON_Delete(b);
+}
+
+static void get_order(gw_app_t *app, gw_http_req_t *req, gw_str_t trade_no)
+{
+    char tb[72];
+    snprintf(tb, sizeof(tb), "%.*s", (int)trade_no.len, trade_no.ptr);
+    const char *v[] = { tb };
+    adm_exec(app, req, "order",
+             "SELECT jsonb_build_object('order', to_jsonb(o), 'events', "
+             "(SELECT jsonb_agg(to_jsonb(e) ORDER BY e.id) FROM order_events e WHERE e.order_id = o.id), "
+             "'refunds', (SELECT jsonb_agg(to_jsonb(r) ORDER BY r.id) FROM refunds r WHERE r.order_id = o.id)) "
+             "FROM orders o WHERE trade_no = $1",
+             1, v);
+}
+
+static void get_channels(gw_app_t *app, gw_http_req_t *req)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(j, "channels");
+    if (app->channels) gw_chan_registry_json(app->channels, arr);
+    gw_respond_json(req, 200, j);
+}
+
+static void post_reload(gw_app_t *app, gw_http_req_t *req)
+{
+    gw_err_t rc = app->channels ? gw_chan_reload(app->channels) : GW_ENOENT;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddBoolToObject(j, "ok", rc == GW_OK);
+    if (rc != GW_OK) cJSON_AddStringToObject(j, "error", gw_strerror(rc));
+    cJSON *arr = cJSON_AddArrayToObject(j, "channels");
+    if (app->channels) gw_chan_registry_json(app->channels, arr);
+    gw_respond_json(req, rc == GW_OK ? 200 : 500, j);
+}
+
+void gw_admin_dispatch(gw_app_t *app, gw_http_req_t *req)
+{
+    gw_str_t seg[6];
+    int n = 0;
+    const char *p = req->path.ptr, *end = req->path.ptr + req->path.len;
+    while (p < end && n < 6) {
+        if (*p == '/') {
+            p++;
+            continue;
+        }
+        const char *s = p;
+        while (p < end && *p != '/') p++;
+        seg[n++] = (gw_str_t){ s, (size_t)(p - s) };
+    }
+    const char *m = req->method_name;
+    int get = !strcmp(m, "GET"), put = !strcmp(m, "PUT"), post = !strcmp(m, "POST");
+    if (n < 2 || !gw_str_eq(seg[0], "admin")) goto not_found;
+    if (n == 3 && gw_str_eq(seg[1], "merchants") && id_ok(seg[2])) {
+        req->route = "admin:merchants";
+        if (put) return put_merchant(app, req, seg[2]);
+        goto not_allowed;
+    }
+    if (n == 3 && gw_str_eq(seg[1], "shops") && id_ok(seg[2])) {
+        req->route = "admin:shops";
+        if (put) return put_shop(app, req, seg[2]);
+        goto not_allowed;
+    }
+    if (n == 5 && gw_str_eq(seg[1], "shops") && id_ok(seg[2]) && gw_str_eq(seg[3], "bindings") &&
+        id_ok(seg[4])) {
+        req->route = "admin:bindings";
+        if (put) return put_bindings(app, req, seg[2], seg[4]);
+        goto not_allowed;
+    }
+    if (n == 2 && gw_str_eq(seg[1], "sub-merchants")) {
+        req->route = "admin:sub-merchants";
+        if (post) return post_sub_merchant(app, req);
+        goto not_allowed;
+    }
+    if (n == 2 && gw_str_eq(seg[1], "channels")) {
+        req->route = "admin:channels";
+        if (get) return get_channels(app, req);
+        goto not_allowed;
+    }
+    if (n == 3 && gw_str_eq(seg[1], "channels") && gw_str_eq(seg[2], "reload")) {
+        req->route = "admin:channels/reload";
+        if (post) return post_reload(app, req);
+        goto not_allowed;
+    }
+    if (n == 3 && gw_str_eq(seg[1], "orders")) {
+        req->route = "admin:orders";
+        if (get) return get_order(app, req, seg[2]);
+        goto not_allowed;
+    }
+not_found:
+    gw_http_respond_error(req, 404, "not_found", "no such endpoint");
+    return;
+not_allowed:
+    gw_http_respond_error(req, 405, "method_not_allowed", "method not allowed for this path");
+}

@@ -1,0 +1,1358 @@
+/*
+ * api.c — merchant API: authentication, orders, refunds.
+ *
+ * Every handler is a small chain of asynchronous steps over one api_req_t:
+ * authenticate → validate → persist → call the channel → persist → answer.
+ * The order row is written before any channel is contacted; every later
+ * write is a guarded transition (storage/migrations), so a late or repeated
+ * step changes nothing.
+ */
+#include "api.h"
+#include "chanop.h"
+#include "channel.h"
+#include "crypto.h"
+#include "metrics.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+
+/* ------------------------------------------------------------------ */
+/* prepared statements */
+
+static const struct {
+    const char *name;
+    const char *sql;
+} stmts[] = {
+    { "merchant_get", "SELECT jsonb_build_object('secret', secret, 'status', status) FROM merchants WHERE id = $1" },
+    { "nonce_put", "INSERT INTO api_nonces (merchant_id, nonce, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3::int)) ON CONFLICT DO NOTHING RETURNING to_jsonb(true)" },
+    { "route_get",
+      "SELECT to_jsonb(x) FROM (SELECT b.channel, s.id AS sub_merchant_id, s.mch_id, s.app_id, s.key, "
+      "s.private_key, s.public_key, s.extra::text AS extra FROM shop_bindings b "
+      "JOIN shops sh ON sh.id = b.shop_id "
+      "JOIN binding_sub_merchants bs ON bs.shop_id = b.shop_id AND bs.method = b.method AND bs.priority = b.priority "
+      "JOIN sub_merchants s ON s.id = bs.sub_merchant_id "
+      "WHERE b.shop_id = $1 AND b.method = $2 AND sh.merchant_id = $3 "
+      "ORDER BY b.priority, bs.position LIMIT 1) x" },
+    { "sub_get", "SELECT to_jsonb(x) FROM (SELECT id AS sub_merchant_id, channel, mch_id, app_id, key, private_key, public_key, extra::text AS extra FROM sub_merchants WHERE id = $1) x" },
+    { "sub_get_by_mch", "SELECT to_jsonb(x) FROM (SELECT id AS sub_merchant_id, channel, mch_id, app_id, key, private_key, public_key, extra::text AS extra FROM sub_merchants WHERE channel = $1 AND mch_id = $2) x" },
+    { "notify_ingest", "SELECT gw_notify_ingest($1::jsonb)" },
+    { "order_create", "SELECT gw_order_create($1::jsonb)" },
+    { "order_transition", "SELECT gw_order_transition($1::bigint, $2::text[], $3, $4::jsonb, $5)" },
+    { "order_get", "SELECT to_jsonb(o) FROM orders o WHERE merchant_id = $1 AND trade_no = $2" },
+    { "order_get_out", "SELECT to_jsonb(o) FROM orders o WHERE merchant_id = $1 AND out_trade_no = $2" },
+    { "refund_create", "SELECT gw_refund_create($1::jsonb)" },
+    { "refund_transition", "SELECT gw_refund_transition($1::bigint, $2, $3::jsonb, $4)" },
+    { "refund_get", "SELECT jsonb_build_object('refund', to_jsonb(r), 'order', to_jsonb(o)) FROM refunds r JOIN orders o ON o.id = r.order_id WHERE r.merchant_id = $1 AND r.refund_no = $2" },
+    { "refund_get_out", "SELECT jsonb_build_object('refund', to_jsonb(r), 'order', to_jsonb(o)) FROM refunds r JOIN orders o ON o.id = r.order_id WHERE r.merchant_id = $1 AND r.out_refund_no = $2" },
+};
+
+typedef struct pgj {
+    gw_pg_json_cb cb;
+    void *udata;
+} pgj_t;
+
+static void pg_json_done(void *udata, gw_err_t err, PGresult *res)
+{
+    pgj_t *p = udata;
+    cJSON *j = NULL;
+    if (err == GW_OK) {
+        if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) err = GW_ENOENT;
+        else {
+            j = cJSON_Parse(PQgetvalue(res, 0, 0));
+            if (j == NULL) err = GW_EPARSE;
+        }
+    }
+    p->cb(p->udata, err, j);
+    cJSON_Delete(j);
+    free(p);
+}
+
+gw_err_t gw_pg_json(gw_app_t *app, const char *stmt, int n, const char *const *vals,
+                    gw_pg_json_cb cb, void *udata)
+{
+    pgj_t *p = malloc(sizeof(*p));
+    if (p == NULL) return GW_ENOMEM;
+    p->cb = cb;
+    p->udata = udata;
+    gw_err_t rc = gw_pg_exec(app->pg, stmt, n, vals, pg_json_done, p);
+    if (rc != GW_OK) free(p);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* merchant secrets: a small cache with a short TTL so a changed secret
+ * takes effect everywhere within seconds */
+
+#define MC_BUCKETS 1024
+#define MC_TTL_MS 30000
+
+typedef struct mc_entry {
+    struct mc_entry *next;
+    char id[40];
+    char *secret;
+    int active;
+    uint64_t fetched_ms;
+} mc_entry_t;
+
+struct gw_merchant_cache {
+    mc_entry_t *b[MC_BUCKETS];
+};
+
+static unsigned mc_hash(const char *s)
+{
+    unsigned h = 2166136261u;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h % MC_BUCKETS;
+}
+
+static mc_entry_t *mc_get(gw_app_t *app, const char *id)
+{
+    for (mc_entry_t *e = app->merchants->b[mc_hash(id)]; e; e = e->next)
+        if (strcmp(e->id, id) == 0) return gw_now_ms() - e->fetched_ms < MC_TTL_MS ? e : NULL;
+    return NULL;
+}
+
+static void mc_put(gw_app_t *app, const char *id, const char *secret, int active)
+{
+    unsigned h = mc_hash(id);
+    mc_entry_t *e;
+    for (e = app->merchants->b[h]; e; e = e->next)
+        if (strcmp(e->id, id) == 0) break;
+    if (e == NULL) {
+        e = calloc(1, sizeof(*e));
+        if (e == NULL) return;
+        snprintf(e->id, sizeof(e->id), "%s", id);
+        e->next = app->merchants->b[h];
+        app->merchants->b[h] = e;
+    }
+    free(e->secret);
+    e->secret = strdup(secret);
+    e->active = active;
+    e->fetched_ms = gw_now_ms();
+}
+
+void gw_api_init(gw_app_t *app)
+{
+    app->merchants = gw_xcalloc(1, sizeof(*app->merchants));
+    for (size_t i = 0; i < GW_ARRAY_SIZE(stmts); i++) gw_pg_prepare(app->pg, stmts[i].name, stmts[i].sql);
+    gw_chanop_metrics_init();
+    gw_metric_declare("paygate_orders_total", "counter", "Orders created by method and first status");
+}
+
+void gw_api_free(gw_app_t *app)
+{
+    if (app->merchants == NULL) return;
+    for (int i = 0; i < MC_BUCKETS; i++) {
+        for (mc_entry_t *e = app->merchants->b[i], *n; e; e = n) {
+            n = e->next;
+            free(e->secret);
+            free(e);
+        }
+    }
+    free(app->merchants);
+    app->merchants = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* request context */
+
+typedef struct api_req api_req_t;
+typedef void (*step_fn)(api_req_t *a);
+typedef void (*after_fn)(api_req_t *a, gw_err_t err);
+
+struct api_req {
+    gw_app_t *app;
+    gw_http_req_t *req;
+    char merchant_id[40];
+    step_fn next;
+    after_fn after;  /* continuation of a transition */
+    cJSON *body;     /* the request's JSON */
+    cJSON *order;    /* order row */
+    cJSON *refund;   /* refund row */
+    cJSON *sub;      /* sub-merchant row (credentials) */
+    char path_id[72];
+    char trade_no[72];
+    int64_t amount;
+    int transition_tries;
+    const char *to_status;
+    const char *from_states;
+    char *patch;     /* transition patch JSON text */
+    /* channel call inputs: strings point into the cJSON trees above */
+    gw_chan_merchant_t cm;
+    gw_chan_order_t co;
+    gw_chan_refund_t cr;
+    char notify_url[512];
+    int sync_query;  /* GET order/refund: the channel was asked */
+    uv_timer_t retry_timer;
+};
+
+static api_req_t *api_new(gw_app_t *app, gw_http_req_t *req)
+{
+    api_req_t *a = calloc(1, sizeof(*a));
+    if (a) {
+        a->app = app;
+        a->req = req;
+    }
+    return a;
+}
+
+static void api_free(api_req_t *a)
+{
+    cJSON_Delete(a->body);
+    cJSON_Delete(a->order);
+    cJSON_Delete(a->refund);
+    cJSON_Delete(a->sub);
+    free(a->patch);
+    free(a);
+}
+
+static void on_retry_timer_closed(uv_handle_t *h) { api_free(h->data); }
+
+/* Answers and frees a. */
+static void api_reply_json(api_req_t *a, int status, cJSON *j)
+{
+    gw_respond_json(a->req, status, j);
+    if (a->retry_timer.data) uv_close((uv_handle_t *)&a->retry_timer, on_retry_timer_closed);
+    else api_free(a);
+}
+
+static void api_error(api_req_t *a, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void api_error(api_req_t *a, int status, const char *code, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (status >= 500) gw_log_req(GW_LOG_WARN, a->req->id, "%d %s: %s", status, code, msg);
+    cJSON *j = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(j, "error");
+    cJSON_AddStringToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", msg);
+    api_reply_json(a, status, j);
+}
+
+static void api_db_error(api_req_t *a, gw_err_t err)
+{
+    if (err == GW_EUNAVAIL || err == GW_EIO || err == GW_EBUSY || err == GW_ETIMEDOUT)
+        api_error(a, 503, "service_unavailable", "the database is unavailable, retry later");
+    else api_error(a, 500, "internal", "database error: %s", gw_strerror(err));
+}
+
+static const char *jstr(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int64_t jint(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : -1;
+}
+
+static gw_str_t sstr(const char *s) { return (gw_str_t){ s ? s : "", s ? strlen(s) : 0 }; }
+
+/* ------------------------------------------------------------------ */
+/* authentication */
+
+void gw_api_sign(const char *secret, gw_str_t method, gw_str_t pq, gw_str_t ts, gw_str_t nonce,
+                 gw_str_t body, char out[65])
+{
+    gw_buf_t b;
+    gw_buf_init(&b, (size_t)-1 / 2);
+    gw_buf_append(&b, method.ptr, method.len);
+    gw_buf_append(&b, "\n", 1);
+    gw_buf_append(&b, pq.ptr, pq.len);
+    gw_buf_append(&b, "\n", 1);
+    gw_buf_append(&b, ts.ptr, ts.len);
+    gw_buf_append(&b, "\n", 1);
+    gw_buf_append(&b, nonce.ptr, nonce.len);
+    gw_buf_append(&b, "\n", 1);
+    gw_buf_append(&b, body.ptr, body.len);
+    uint8_t mac[32];
+    gw_hmac_sha256(secret, strlen(secret), b.data ? b.data : "", b.len, mac);
+    gw_hex_encode(mac, 32, out, 0);
+    gw_buf_free(&b);
+}
+
+static int ct_equal(const char *a, gw_str_t b)
+{
+    size_t n = strlen(a);
+    if (n != b.len) return 0;
+    unsigned char d = 0;
+    for (size_t i = 0; i < n; i++) d |= (unsigned char)(tolower((unsigned char)a[i]) ^ tolower((unsigned char)b.ptr[i]));
+    return d == 0;
+}
+
+static void auth_nonce_pg_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    (void)j;
+    if (err == GW_ENOENT) {
+        api_error(a, 401, "replayed_request", "this nonce was already used");
+        return;
+    }
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    a->next(a);
+}
+
+static void auth_nonce_pg(api_req_t *a)
+{
+    gw_str_t nonce = gw_http_header(a->req, "X-Nonce");
+    char nbuf[80], ttl[16];
+    snprintf(nbuf, sizeof(nbuf), "%.*s", (int)nonce.len, nonce.ptr);
+    snprintf(ttl, sizeof(ttl), "%d", 2 * a->app->cfg.api.timestamp_skew_s);
+    const char *v[] = { a->merchant_id, nbuf, ttl };
+    gw_err_t rc = gw_pg_json(a->app, "nonce_put", 3, v, auth_nonce_pg_cb, a);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+static void auth_nonce_redis_cb(void *udata, gw_err_t err, redisReply *r)
+{
+    api_req_t *a = udata;
+    if (err != GW_OK || r == NULL || r->type == REDIS_REPLY_ERROR) {
+        /* Redis down: slower, not wrong — fall back to PostgreSQL */
+        auth_nonce_pg(a);
+        return;
+    }
+    if (r->type == REDIS_REPLY_NIL) {
+        api_error(a, 401, "replayed_request", "this nonce was already used");
+        return;
+    }
+    a->next(a);
+}
+
+static void auth_check_sig(api_req_t *a, const char *secret)
+{
+    gw_http_req_t *r = a->req;
+    gw_str_t ts = gw_http_header(r, "X-Timestamp"), nonce = gw_http_header(r, "X-Nonce");
+    gw_str_t sig = gw_http_header(r, "X-Signature");
+    gw_str_t method = sstr(r->method_name);
+    gw_str_t pq = { r->path.ptr, r->path.len + (r->query.len ? r->query.len + 1 : 0) };
+    char want[65];
+    gw_api_sign(secret, method, pq, ts, nonce, (gw_str_t){ r->body.data, r->body.len }, want);
+    if (!ct_equal(want, sig)) {
+        gw_log_req(GW_LOG_NOTICE, r->id, "merchant %s: bad request signature", a->merchant_id);
+        api_error(a, 401, "bad_signature", "the request signature does not verify");
+        return;
+    }
+    char key[160];
+    snprintf(key, sizeof(key), "gw:nonce:%s:%.*s", a->merchant_id, (int)nonce.len, nonce.ptr);
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", 2 * a->app->cfg.api.timestamp_skew_s);
+    const char *argv[] = { "SET", key, "1", "NX", "EX", ttl };
+    if (gw_redis_cmdargv(a->app->redis, auth_nonce_redis_cb, a, 6, argv, NULL) != GW_OK)
+        auth_nonce_pg(a);
+}
+
+static void auth_merchant_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err == GW_ENOENT) {
+        api_error(a, 401, "unknown_merchant", "no such merchant");
+        return;
+    }
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    const char *secret = jstr(j, "secret");
+    const char *status = jstr(j, "status");
+    int active = status && strcmp(status, "active") == 0;
+    mc_put(a->app, a->merchant_id, secret ? secret : "", active);
+    if (!active) {
+        api_error(a, 403, "merchant_disabled", "this merchant is disabled");
+        return;
+    }
+    auth_check_sig(a, secret ? secret : "");
+}
+
+static int valid_token(gw_str_t s, size_t max)
+{
+    if (s.len == 0 || s.len > max) return 0;
+    for (size_t i = 0; i < s.len; i++)
+        if (!isalnum((unsigned char)s.ptr[i]) && s.ptr[i] != '_' && s.ptr[i] != '-') return 0;
+    return 1;
+}
+
+/* Authenticates the request, then runs next(a). */
+static void api_auth(api_req_t *a, step_fn next)
+{
+    gw_http_req_t *r = a->req;
+    a->next = next;
+    gw_str_t mid = gw_http_header(r, "X-Merchant-Id");
+    gw_str_t ts = gw_http_header(r, "X-Timestamp");
+    gw_str_t nonce = gw_http_header(r, "X-Nonce");
+    gw_str_t sig = gw_http_header(r, "X-Signature");
+    if (!mid.len || !ts.len || !nonce.len || !sig.len) {
+        api_error(a, 401, "missing_auth",
+                  "X-Merchant-Id, X-Timestamp, X-Nonce and X-Signature are required");
+        return;
+    }
+    if (!valid_token(mid, 32) || !valid_token(nonce, 64)) {
+        api_error(a, 401, "missing_auth", "malformed X-Merchant-Id or X-Nonce");
+        return;
+    }
+    char tsb[24];
+    snprintf(tsb, sizeof(tsb), "%.*s", (int)(ts.len < 20 ? ts.len : 20), ts.ptr);
+    char *end;
+    long long t = strtoll(tsb, &end, 10);
+    long long now = (long long)(gw_now_ms() / 1000);
+    if (*end || end == tsb || llabs(now - t) > a->app->cfg.api.timestamp_skew_s) {
+        api_error(a, 401, "stale_timestamp", "X-Timestamp must be within %d s of the server's clock",
+                  a->app->cfg.api.timestamp_skew_s);
+        return;
+    }
+    snprintf(a->merchant_id, sizeof(a->merchant_id), "%.*s", (int)mid.len, mid.ptr);
+    mc_entry_t *e = mc_get(a->app, a->merchant_id);
+    if (e) {
+        if (!e->active) {
+            api_error(a, 403, "merchant_disabled", "this merchant is disabled");
+            return;
+        }
+        auth_check_sig(a, e->secret);
+        return;
+    }
+    const char *v[] = { a->merchant_id };
+    gw_err_t rc = gw_pg_json(a->app, "merchant_get", 1, v, auth_merchant_cb, a);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* views */
+
+static const char *const final_states[] = { "SUCCESS", "FAILED", "CLOSED", NULL };
+
+static int is_final(const char *st)
+{
+    for (int i = 0; final_states[i]; i++)
+        if (st && strcmp(st, final_states[i]) == 0) return 1;
+    return 0;
+}
+
+static void copy_field(cJSON *dst, const cJSON *src, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(src, key);
+    if (v && !cJSON_IsNull(v)) cJSON_AddItemToObject(dst, key, cJSON_Duplicate(v, 1));
+}
+
+static cJSON *order_view(const cJSON *o)
+{
+    static const char *const keys[] = { "trade_no", "out_trade_no", "merchant_id", "shop_id",
+        "amount", "currency", "subject", "method", "status", "pay_data", "channel",
+        "channel_trade_no", "channel_code", "channel_msg", "refunded_amount", "fee",
+        "settle_amount", "customer_id", "attach", "created_at", "paid_at", "expire_at",
+        "updated_at", NULL };
+    cJSON *j = cJSON_CreateObject();
+    for (int i = 0; keys[i]; i++) copy_field(j, o, keys[i]);
+    return j;
+}
+
+static cJSON *refund_view(const cJSON *r, const cJSON *o)
+{
+    static const char *const keys[] = { "refund_no", "out_refund_no", "amount", "reason",
+        "status", "channel_refund_no", "channel_code", "channel_msg", "created_at",
+        "finished_at", NULL };
+    cJSON *j = cJSON_CreateObject();
+    for (int i = 0; keys[i]; i++) copy_field(j, r, keys[i]);
+    if (o) {
+        copy_field(j, o, "trade_no");
+        copy_field(j, o, "out_trade_no");
+    }
+    return j;
+}
+
+static void reply_order(api_req_t *a, int status)
+{
+    api_reply_json(a, status, order_view(a->order));
+}
+
+/* ------------------------------------------------------------------ */
+/* channel call inputs from the rows */
+
+static gw_err_t fill_merchant(api_req_t *a)
+{
+    const cJSON *s = a->sub;
+    a->cm.mch_id = sstr(jstr(s, "mch_id"));
+    a->cm.app_id = sstr(jstr(s, "app_id"));
+    a->cm.key = sstr(jstr(s, "key"));
+    a->cm.private_key = sstr(jstr(s, "private_key"));
+    a->cm.public_key = sstr(jstr(s, "public_key"));
+    a->cm.extra = sstr(jstr(s, "extra"));
+    return a->cm.mch_id.len ? GW_OK : GW_EINVAL;
+}
+
+static uint32_t method_bit(const char *m)
+{
+    if (m == NULL) return 0;
+    if (strcmp(m, "wechat_qr") == 0) return GW_METHOD_WECHAT_QR;
+    if (strcmp(m, "wechat_jsapi") == 0) return GW_METHOD_WECHAT_JSAPI;
+    if (strcmp(m, "alipay_qr") == 0) return GW_METHOD_ALIPAY_QR;
+    if (strcmp(m, "alipay_jsapi") == 0) return GW_METHOD_ALIPAY_JSAPI;
+    if (strcmp(m, "barcode") == 0) return GW_METHOD_BARCODE;
+    return 0;
+}
+
+static int64_t parse_ts_ms(const char *s)
+{
+    /* PostgreSQL's JSON timestamps: 2026-11-27T21:48:49.123456+00:00 */
+    if (s == NULL) return 0;
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    int frac = 0;
+    char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (end == NULL) return 0;
+    if (*end == '.') {
+        end++;
+        int digits = 0;
+        while (isdigit((unsigned char)*end)) {
+            if (digits < 3) frac = frac * 10 + (*end - '0');
+            digits++;
+            end++;
+        }
+        while (digits < 3) frac *= 10, digits++;
+    }
+    int64_t t = (int64_t)timegm(&tm);
+    int sign = 0, hh = 0, mm = 0;
+    if (*end == '+' || *end == '-') {
+        sign = *end == '-' ? -1 : 1;
+        sscanf(end + 1, "%d:%d", &hh, &mm);
+        t -= sign * (hh * 3600 + mm * 60);
+    }
+    return t * 1000 + frac;
+}
+
+static void fill_order(api_req_t *a)
+{
+    const cJSON *o = a->order;
+    a->co.out_trade_no = sstr(jstr(o, "trade_no"));
+    a->co.amount = jint(o, "amount");
+    a->co.currency = sstr(jstr(o, "currency"));
+    a->co.subject = sstr(jstr(o, "subject"));
+    a->co.method = method_bit(jstr(o, "method"));
+    a->co.payer_id = sstr(jstr(o, "payer_id"));
+    a->co.client_ip = sstr(jstr(o, "client_ip") ? jstr(o, "client_ip") : "127.0.0.1");
+    a->co.channel_trade_no = sstr(jstr(o, "channel_trade_no"));
+    a->co.attach = sstr(NULL);
+    a->co.created_ms = parse_ts_ms(jstr(o, "created_at"));
+    a->co.expire_ms = parse_ts_ms(jstr(o, "expire_at"));
+    const char *base = a->app->cfg.channels.notify_base_url;
+    const char *chan = jstr(o, "channel");
+    if (base) snprintf(a->notify_url, sizeof(a->notify_url), "%s/notify/%s", base, chan ? chan : "");
+    else snprintf(a->notify_url, sizeof(a->notify_url), "http://%s:%d/notify/%s",
+                  a->app->cfg.listen_host, a->app->cfg.listen_port, chan ? chan : "");
+    a->co.notify_url = sstr(a->notify_url);
+}
+
+/* ------------------------------------------------------------------ */
+/* guarded transitions with a few retries (the database may blink) */
+
+static void transition_send(api_req_t *a);
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    transition_send(t->data);
+}
+
+static void transition_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    after_fn after = a->after;
+    if (err == GW_OK) {
+        cJSON *o = cJSON_DetachItemFromObjectCaseSensitive(j, "order");
+        if (o && !cJSON_IsNull(o)) {
+            cJSON_Delete(a->order);
+            a->order = o;
+        } else cJSON_Delete(o);
+        after(a, GW_OK);
+        return;
+    }
+    if ((err == GW_EUNAVAIL || err == GW_EIO || err == GW_EBUSY) && a->transition_tries < 4) {
+        if (a->retry_timer.data == NULL) {
+            uv_timer_init(a->app->loop, &a->retry_timer);
+            a->retry_timer.data = a;
+        }
+        uv_timer_start(&a->retry_timer, on_retry_timer, 200u << a->transition_tries, 0);
+        return;
+    }
+    after(a, err);
+}
+
+static void transition_send(api_req_t *a)
+{
+    char id[24];
+    snprintf(id, sizeof(id), "%lld", (long long)jint(a->order, "id"));
+    const char *v[] = { id, a->from_states, a->to_status, a->patch ? a->patch : "{}", "channel" };
+    a->transition_tries++;
+    gw_err_t rc = gw_pg_json(a->app, "order_transition", 5, v, transition_cb, a);
+    if (rc != GW_OK) transition_cb(a, rc, NULL);
+}
+
+/* Moves the order from one of from_states ("{A,B}") to to; then after(). */
+static void order_transition(api_req_t *a, const char *from_states, const char *to,
+                             const gw_chan_result_t *res, after_fn after)
+{
+    cJSON *p = cJSON_CreateObject();
+    if (res) {
+        if (res->channel_trade_no[0]) cJSON_AddStringToObject(p, "channel_trade_no", res->channel_trade_no);
+        if (res->raw_code[0]) cJSON_AddStringToObject(p, "channel_code", res->raw_code);
+        if (res->raw_msg[0]) cJSON_AddStringToObject(p, "channel_msg", res->raw_msg);
+        if (res->pay_data.len) {
+            cJSON *pd = cJSON_ParseWithLength(res->pay_data.data, res->pay_data.len);
+            if (pd) cJSON_AddItemToObject(p, "pay_data", pd);
+        }
+    }
+    free(a->patch);
+    a->patch = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    a->from_states = from_states;
+    a->to_status = to;
+    a->transition_tries = 0;
+    a->after = after;
+    transition_send(a);
+}
+
+/* ------------------------------------------------------------------ */
+/* POST /v1/orders */
+
+static int valid_chars(const char *s, size_t min, size_t max, const char *extra)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n < min || n > max) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr(extra, s[i])) return 0;
+    return 1;
+}
+
+/* A JSON number that is an exact positive integer (no fraction, no exponent
+ * tricks beyond what doubles hold exactly: 2^53). */
+static int json_int_ok(const cJSON *v, int64_t *out)
+{
+    if (!cJSON_IsNumber(v)) return 0;
+    double d = v->valuedouble;
+    if (d != d || d < -9007199254740992.0 || d > 9007199254740992.0) return 0;
+    int64_t i = (int64_t)d;
+    if ((double)i != d) return 0;
+    *out = i;
+    return 1;
+}
+
+static void create_after_pay_transition(api_req_t *a, gw_err_t err)
+{
+    if (err != GW_OK)
+        gw_log_req(GW_LOG_ERR, a->req->id, "order %s: recording the channel's answer failed (%s); "
+                   "the re-query task will settle it", a->trade_no, gw_strerror(err));
+    char labels[96];
+    snprintf(labels, sizeof(labels), "method=\"%s\",status=\"%s\"", jstr(a->order, "method"),
+             jstr(a->order, "status"));
+    gw_metric_add("paygate_orders_total", labels, 1);
+    reply_order(a, 200);
+}
+
+static void create_pay_cb(void *udata, gw_chanop_out_t *out)
+{
+    api_req_t *a = udata;
+    const char *to = "UNKNOWN";
+    if (out->err != GW_OK) {
+        /* nothing was sent: the order certainly failed to start */
+        to = "FAILED";
+        snprintf(out->res.raw_code, sizeof(out->res.raw_code), "%s", gw_err_name(out->err));
+        snprintf(out->res.raw_msg, sizeof(out->res.raw_msg), "channel call not made: %s",
+                 gw_strerror(out->err));
+    } else {
+        switch (out->res.status) {
+        case GW_PAY_PENDING: to = "PENDING"; break;
+        case GW_PAY_SUCCESS: to = "SUCCESS"; break;
+        case GW_PAY_USER_PAYING: to = "USER_PAYING"; break;
+        case GW_PAY_FAILED: to = "FAILED"; break;
+        case GW_PAY_CLOSED:
+        case GW_PAY_REVERSED: to = "CLOSED"; break;
+        default: to = "UNKNOWN"; break;
+        }
+        if (out->res.status == GW_PAY_UNKNOWN && !out->sent) {
+            /* refused connection: the request never left */
+            to = "FAILED";
+        }
+    }
+    gw_log_req(GW_LOG_INFO, a->req->id, "order %s: %s %s → %s (%s %s)", a->trade_no,
+               jstr(a->order, "channel"), jstr(a->order, "method"), to, out->res.raw_code,
+               out->res.raw_msg);
+    order_transition(a, "{CREATED}", to, &out->res, create_after_pay_transition);
+}
+
+static void create_order_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    cJSON *o = cJSON_DetachItemFromObjectCaseSensitive(j, "order");
+    a->order = o;
+    snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(o, "trade_no") ? jstr(o, "trade_no") : "");
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "created"))) {
+        const char *h = jstr(o, "request_hash");
+        const char *mine = jstr(a->body, "__hash");
+        if (h == NULL || mine == NULL || strcmp(h, mine) != 0) {
+            api_error(a, 409, "conflict",
+                      "out_trade_no %s was already used for a different order",
+                      jstr(o, "out_trade_no"));
+            return;
+        }
+        reply_order(a, 200); /* an identical repeat: the same order */
+        return;
+    }
+    if (fill_merchant(a) != GW_OK) {
+        order_transition(a, "{CREATED}", "FAILED", NULL, create_after_pay_transition);
+        return;
+    }
+    fill_order(a);
+    const cJSON *ac = cJSON_GetObjectItemCaseSensitive(a->body, "auth_code");
+    a->co.auth_code = sstr(cJSON_IsString(ac) ? ac->valuestring : NULL);
+    const cJSON *att = cJSON_GetObjectItemCaseSensitive(a->body, "attach");
+    a->co.attach = sstr(cJSON_IsString(att) ? att->valuestring : NULL);
+    gw_err_t rc = gw_chanop_run(a->app, jstr(o, "channel"), GW_OP_PAY, 0, &a->cm, &a->co, NULL,
+                                create_pay_cb, a);
+    if (rc != GW_OK) {
+        gw_chanop_out_t out;
+        memset(&out, 0, sizeof(out));
+        out.err = rc;
+        create_pay_cb(a, &out);
+    }
+}
+
+static void create_route_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err == GW_ENOENT) {
+        api_error(a, 422, "no_route", "shop %s has no channel for method %s",
+                  jstr(a->body, "shop_id"), jstr(a->body, "method"));
+        return;
+    }
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    a->sub = cJSON_Duplicate(j, 1);
+    cJSON *p = cJSON_Duplicate(a->body, 1);
+    cJSON_DeleteItemFromObjectCaseSensitive(p, "auth_code"); /* never stored */
+    cJSON_AddStringToObject(p, "merchant_id", a->merchant_id);
+    cJSON_AddStringToObject(p, "channel", jstr(j, "channel"));
+    cJSON_AddNumberToObject(p, "sub_merchant_id", (double)jint(j, "sub_merchant_id"));
+    cJSON_AddStringToObject(p, "channel_mch_id", jstr(j, "mch_id") ? jstr(j, "mch_id") : "");
+    cJSON_AddStringToObject(p, "request_hash", jstr(a->body, "__hash"));
+    if (!jstr(p, "client_ip")) cJSON_AddStringToObject(p, "client_ip", a->req->peer);
+    char *text = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    const char *v[] = { text };
+    gw_err_t rc = gw_pg_json(a->app, "order_create", 1, v, create_order_cb, a);
+    cJSON_free(text);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+static void create_validated(api_req_t *a)
+{
+    cJSON *b = a->body;
+    const char *shop = jstr(b, "shop_id");
+    const char *method = jstr(b, "method");
+    const char *v[] = { shop, method, a->merchant_id };
+    gw_err_t rc = gw_pg_json(a->app, "route_get", 3, v, create_route_cb, a);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+static const char *check_str(const cJSON *b, const char *key, int required, size_t max)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(b, key);
+    if (v == NULL || cJSON_IsNull(v)) return required ? "is required" : NULL;
+    if (!cJSON_IsString(v)) return "must be a string";
+    size_t n = strlen(v->valuestring);
+    if (required && n == 0) return "must not be empty";
+    if (n > max) return "is too long";
+    return NULL;
+}
+
+static void create_authed(api_req_t *a)
+{
+    gw_http_req_t *r = a->req;
+    a->body = cJSON_ParseWithLength(r->body.data, r->body.len);
+    if (a->body == NULL || !cJSON_IsObject(a->body)) {
+        api_error(a, 400, "invalid_json", "the body must be a JSON object");
+        return;
+    }
+    cJSON *b = a->body;
+    static const char *const allowed[] = { "shop_id", "out_trade_no", "amount", "currency",
+        "subject", "method", "auth_code", "payer_id", "customer_id", "notify_url",
+        "expire_s", "client_ip", "attach", NULL };
+    const cJSON *it;
+    cJSON_ArrayForEach(it, b) {
+        int ok = 0;
+        for (int i = 0; allowed[i]; i++) ok |= strcmp(allowed[i], it->string) == 0;
+        if (!ok) {
+            api_error(a, 400, "invalid_request", "%.64s: unknown field", it->string);
+            return;
+        }
+    }
+    static const struct { const char *key; int req; size_t max; } strs[] = {
+        { "shop_id", 1, 32 }, { "out_trade_no", 1, 32 }, { "subject", 1, 128 },
+        { "method", 1, 16 }, { "currency", 0, 3 }, { "auth_code", 0, 32 },
+        { "payer_id", 0, 128 }, { "customer_id", 0, 64 }, { "notify_url", 0, 256 },
+        { "client_ip", 0, 45 }, { "attach", 0, 127 },
+    };
+    for (size_t i = 0; i < GW_ARRAY_SIZE(strs); i++) {
+        const char *why = check_str(b, strs[i].key, strs[i].req, strs[i].max);
+        if (why) {
+            api_error(a, 400, "invalid_request", "%s %s", strs[i].key, why);
+            return;
+        }
+    }
+    if (!valid_chars(jstr(b, "out_trade_no"), 1, 32, "_-")) {
+        api_error(a, 400, "invalid_request", "out_trade_no must be 1-32 characters [A-Za-z0-9_-]");
+        return;
+    }
+    int64_t amount;
+    if (!json_int_ok(cJSON_GetObjectItemCaseSensitive(b, "amount"), &amount)) {
+        api_error(a, 400, "invalid_request", "amount must be an integer number of fen");
+        return;
+    }
+    if (amount <= 0 || amount > a->app->cfg.api.max_amount) {
+        api_error(a, 400, "invalid_amount", "amount must be between 1 and %lld fen",
+                  (long long)a->app->cfg.api.max_amount);
+        return;
+    }
+    a->amount = amount;
+    const char *method = jstr(b, "method");
+    uint32_t mbit = method_bit(method);
+    if (mbit == 0) {
+        api_error(a, 400, "invalid_method",
+                  "method must be one of wechat_qr, wechat_jsapi, alipay_qr, alipay_jsapi, barcode");
+        return;
+    }
+    if (mbit == GW_METHOD_BARCODE && !valid_chars(jstr(b, "auth_code"), 10, 32, "")) {
+        api_error(a, 400, "invalid_request", "auth_code (10-32 digits) is required for barcode");
+        return;
+    }
+    if ((mbit == GW_METHOD_WECHAT_JSAPI || mbit == GW_METHOD_ALIPAY_JSAPI) && !jstr(b, "payer_id")) {
+        api_error(a, 400, "invalid_request", "payer_id is required for %s", method);
+        return;
+    }
+    const char *cur = jstr(b, "currency");
+    if (cur && strcmp(cur, "CNY") != 0) {
+        api_error(a, 400, "invalid_request", "currency must be CNY");
+        return;
+    }
+    const char *nu = jstr(b, "notify_url");
+    if (nu && strncmp(nu, "http://", 7) != 0 && strncmp(nu, "https://", 8) != 0) {
+        api_error(a, 400, "invalid_request", "notify_url must be an http(s) URL");
+        return;
+    }
+    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(b, "expire_s");
+    if (ex) {
+        int64_t e;
+        if (!json_int_ok(ex, &e) || e < 60 || e > 86400) {
+            api_error(a, 400, "invalid_request", "expire_s must be an integer from 60 to 86400");
+            return;
+        }
+    }
+    /* what makes a repeat "identical" */
+    gw_buf_t h;
+    gw_buf_init(&h, 4096);
+    gw_buf_appendf(&h, "%s|%lld|%s|%s|%s|%s", jstr(b, "shop_id"), (long long)amount, method,
+                   jstr(b, "subject"), jstr(b, "payer_id") ? jstr(b, "payer_id") : "",
+                   jstr(b, "auth_code") ? jstr(b, "auth_code") : "");
+    uint8_t d[32];
+    char hex[65];
+    gw_sha256(h.data, h.len, d);
+    gw_hex_encode(d, 32, hex, 0);
+    gw_buf_free(&h);
+    cJSON_AddStringToObject(b, "__hash", hex);
+    create_validated(a);
+}
+
+/* ------------------------------------------------------------------ */
+/* GET /v1/orders/{trade_no}, GET /v1/orders?out_trade_no=… */
+
+static void get_after_sync(api_req_t *a, gw_err_t err)
+{
+    (void)err;
+    reply_order(a, 200);
+}
+
+static void get_query_cb(void *udata, gw_chanop_out_t *out)
+{
+    api_req_t *a = udata;
+    const char *to = NULL, *from = NULL;
+    if (out->err == GW_OK) {
+        switch (out->res.status) {
+        case GW_PAY_SUCCESS:
+        case GW_PAY_REFUNDED:
+            to = "SUCCESS", from = "{PENDING,USER_PAYING,UNKNOWN}";
+            break;
+        case GW_PAY_USER_PAYING: to = "USER_PAYING", from = "{UNKNOWN}"; break;
+        case GW_PAY_CLOSED:
+        case GW_PAY_REVERSED: to = "CLOSED", from = "{PENDING,USER_PAYING,UNKNOWN}"; break;
+        case GW_PAY_FAILED: to = "FAILED", from = "{PENDING,USER_PAYING,UNKNOWN}"; break;
+        default: break; /* NOT_PAID, UNKNOWN: nothing learned */
+        }
+    }
+    if (to == NULL) {
+        reply_order(a, 200);
+        return;
+    }
+    order_transition(a, from, to, &out->res, get_after_sync);
+}
+
+static void get_sub_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err != GW_OK) {
+        reply_order(a, 200); /* answer what we know */
+        return;
+    }
+    a->sub = cJSON_Duplicate(j, 1);
+    if (fill_merchant(a) != GW_OK) {
+        reply_order(a, 200);
+        return;
+    }
+    fill_order(a);
+    gw_err_t rc = gw_chanop_run(a->app, jstr(a->order, "channel"), GW_OP_QUERY, 0, &a->cm, &a->co,
+                                NULL, get_query_cb, a);
+    if (rc != GW_OK) reply_order(a, 200);
+}
+
+static void get_order_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err == GW_ENOENT) {
+        api_error(a, 404, "order_not_found", "no such order");
+        return;
+    }
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    a->order = cJSON_Duplicate(j, 1);
+    snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(j, "trade_no"));
+    const char *st = jstr(j, "status");
+    /* not final and not still being created: ask the channel */
+    if (!is_final(st) && strcmp(st, "CREATED") != 0) {
+        char id[24];
+        snprintf(id, sizeof(id), "%lld", (long long)jint(j, "sub_merchant_id"));
+        const char *v[] = { id };
+        if (gw_pg_json(a->app, "sub_get", 1, v, get_sub_cb, a) == GW_OK) return;
+    }
+    reply_order(a, 200);
+}
+
+static int query_param(const gw_http_req_t *r, const char *name, char *out, size_t outlen)
+{
+    size_t n = strlen(name);
+    const char *p = r->query.ptr, *end = r->query.ptr + r->query.len;
+    while (p && p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        if ((size_t)(e - p) > n && memcmp(p, name, n) == 0 && p[n] == '=') {
+            gw_buf_t b;
+            gw_buf_init(&b, outlen - 1);
+            int ok = gw_url_decode(p + n + 1, (size_t)(e - p - (ptrdiff_t)n - 1), 1, &b) == GW_OK;
+            if (ok) snprintf(out, outlen, "%s", b.data ? b.data : "");
+            gw_buf_free(&b);
+            return ok;
+        }
+        p = amp ? amp + 1 : NULL;
+    }
+    return 0;
+}
+
+static void get_authed(api_req_t *a)
+{
+    gw_err_t rc;
+    if (a->path_id[0]) {
+        const char *v[] = { a->merchant_id, a->path_id };
+        rc = gw_pg_json(a->app, "order_get", 2, v, get_order_cb, a);
+    } else {
+        char otn[72];
+        if (!query_param(a->req, "out_trade_no", otn, sizeof(otn)) || !otn[0]) {
+            api_error(a, 400, "invalid_request", "give the order's trade_no in the path or ?out_trade_no=");
+            return;
+        }
+        const char *v[] = { a->merchant_id, otn };
+        rc = gw_pg_json(a->app, "order_get_out", 2, v, get_order_cb, a);
+    }
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* POST /v1/orders/{trade_no}/close */
+
+static void close_after(api_req_t *a, gw_err_t err)
+{
+    (void)err;
+    reply_order(a, 200);
+}
+
+static void close_cb(void *udata, gw_chanop_out_t *out)
+{
+    api_req_t *a = udata;
+    if (out->err == GW_OK && (out->res.status == GW_PAY_CLOSED || out->res.status == GW_PAY_REVERSED)) {
+        order_transition(a, "{PENDING,USER_PAYING,UNKNOWN}", "CLOSED", &out->res, close_after);
+        return;
+    }
+    if (out->err == GW_OK && out->res.status == GW_PAY_SUCCESS) {
+        order_transition(a, "{PENDING,USER_PAYING,UNKNOWN}", "SUCCESS", &out->res, close_after);
+        return;
+    }
+    api_error(a, 409, "close_failed", "the channel did not close the order: %s %s",
+              out->res.raw_code, out->res.raw_msg);
+}
+
+static void close_sub_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    a->sub = cJSON_Duplicate(j, 1);
+    fill_merchant(a);
+    fill_order(a);
+    uint32_t flags = a->co.method == GW_METHOD_BARCODE ? GW_CALL_REVERSE : 0;
+    gw_err_t rc = gw_chanop_run(a->app, jstr(a->order, "channel"), GW_OP_CLOSE, flags, &a->cm,
+                                &a->co, NULL, close_cb, a);
+    if (rc != GW_OK) api_error(a, 503, "channel_unavailable", "channel %s: %s",
+                               jstr(a->order, "channel"), gw_strerror(rc));
+}
+
+static void close_order_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err == GW_ENOENT) {
+        api_error(a, 404, "order_not_found", "no such order");
+        return;
+    }
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    a->order = cJSON_Duplicate(j, 1);
+    const char *st = jstr(j, "status");
+    if (strcmp(st, "CLOSED") == 0) {
+        reply_order(a, 200);
+        return;
+    }
+    if (strcmp(st, "SUCCESS") == 0 || strcmp(st, "FAILED") == 0 || strcmp(st, "CREATED") == 0) {
+        api_error(a, 409, "order_not_closable", "an order in state %s cannot be closed", st);
+        return;
+    }
+    char id[24];
+    snprintf(id, sizeof(id), "%lld", (long long)jint(j, "sub_merchant_id"));
+    const char *v[] = { id };
+    gw_err_t rc = gw_pg_json(a->app, "sub_get", 1, v, close_sub_cb, a);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+static void close_authed(api_req_t *a)
+{
+    const char *v[] = { a->merchant_id, a->path_id };
+    gw_err_t rc = gw_pg_json(a->app, "order_get", 2, v, close_order_cb, a);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* refunds */
+
+static void reply_refund(api_req_t *a, int status)
+{
+    api_reply_json(a, status, refund_view(a->refund, a->order));
+}
+
+static void refund_transition_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err == GW_OK) {
+        cJSON *r = cJSON_DetachItemFromObjectCaseSensitive(j, "refund");
+        if (r && !cJSON_IsNull(r)) {
+            cJSON_Delete(a->refund);
+            a->refund = r;
+        } else cJSON_Delete(r);
+    } else {
+        gw_log_req(GW_LOG_ERR, a->req->id, "refund %s: recording the channel's answer failed (%s)",
+                   jstr(a->refund, "refund_no"), gw_strerror(err));
+    }
+    reply_refund(a, 200);
+}
+
+static void refund_result(api_req_t *a, gw_chanop_out_t *out)
+{
+    const char *to = NULL;
+    if (out->err == GW_OK) {
+        if (out->res.status == GW_REFUND_SUCCESS) to = "SUCCESS";
+        else if (out->res.status == GW_REFUND_FAILED) to = "FAILED";
+    }
+    if (to == NULL) {
+        reply_refund(a, 200); /* still PROCESSING: followed up by query */
+        return;
+    }
+    cJSON *p = cJSON_CreateObject();
+    if (out->res.channel_refund_no[0]) cJSON_AddStringToObject(p, "channel_refund_no", out->res.channel_refund_no);
+    if (out->res.raw_code[0]) cJSON_AddStringToObject(p, "channel_code", out->res.raw_code);
+    if (out->res.raw_msg[0]) cJSON_AddStringToObject(p, "channel_msg", out->res.raw_msg);
+    char *patch = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    char id[24];
+    snprintf(id, sizeof(id), "%lld", (long long)jint(a->refund, "id"));
+    const char *v[] = { id, to, patch, "channel" };
+    gw_err_t rc = gw_pg_json(a->app, "refund_transition", 4, v, refund_transition_cb, a);
+    cJSON_free(patch);
+    if (rc != GW_OK) refund_transition_cb(a, rc, NULL);
+}
+
+static void refund_cb(void *udata, gw_chanop_out_t *out)
+{
+    api_req_t *a = udata;
+    gw_log_req(GW_LOG_INFO, a->req->id, "refund %s of %s: %s (%s %s)", jstr(a->refund, "refund_no"),
+               a->trade_no, out->err == GW_OK ? gw_chan_refund_status_name(out->res.status) : gw_strerror(out->err),
+               out->res.raw_code, out->res.raw_msg);
+    refund_result(a, out);
+}
+
+static void refund_fill(api_req_t *a)
+{
+    a->cr.out_refund_no = sstr(jstr(a->refund, "refund_no"));
+    a->cr.amount = jint(a->refund, "amount");
+    a->cr.total_amount = jint(a->order, "amount");
+    a->cr.reason = sstr(jstr(a->refund, "reason"));
+    a->cr.channel_refund_no = sstr(jstr(a->refund, "channel_refund_no"));
+}
+
+static void refund_sub_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err != GW_OK) {
+        reply_refund(a, 200); /* PROCESSING; the follow-up sends it */
+        return;
+    }
+    a->sub = cJSON_Duplicate(j, 1);
+    fill_merchant(a);
+    fill_order(a);
+    refund_fill(a);
+    int op = a->sync_query ? GW_OP_QUERY : GW_OP_REFUND;
+    uint32_t flags = a->sync_query ? GW_CALL_REFUND_QUERY : 0;
+    gw_err_t rc = gw_chanop_run(a->app, jstr(a->order, "channel"), (enum gw_chanop_kind)op, flags,
+                                &a->cm, &a->co, &a->cr, refund_cb, a);
+    if (rc != GW_OK) reply_refund(a, 200);
+}
+
+static void refund_sub_lookup(api_req_t *a)
+{
+    char id[24];
+    snprintf(id, sizeof(id), "%lld", (long long)jint(a->order, "sub_merchant_id"));
+    const char *v[] = { id };
+    if (gw_pg_json(a->app, "sub_get", 1, v, refund_sub_cb, a) != GW_OK) reply_refund(a, 200);
+}
+
+static void refund_create_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    const char *e = jstr(j, "error");
+    if (e) {
+        if (strcmp(e, "order_not_found") == 0) api_error(a, 404, "order_not_found", "no such order");
+        else if (strcmp(e, "order_not_paid") == 0)
+            api_error(a, 422, "order_not_paid", "only a paid order can be refunded");
+        else if (strcmp(e, "refund_exceeds_paid") == 0)
+            api_error(a, 422, "refund_exceeds_paid", "the refund exceeds the refundable amount (%lld fen left)",
+                      (long long)jint(j, "refundable"));
+        else api_error(a, 500, "internal", "%s", e);
+        return;
+    }
+    a->order = cJSON_DetachItemFromObjectCaseSensitive(j, "order");
+    a->refund = cJSON_DetachItemFromObjectCaseSensitive(j, "refund");
+    snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(a->order, "trade_no"));
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "created"))) {
+        if (jint(a->refund, "amount") != a->amount || jint(a->refund, "order_id") != jint(a->order, "id")) {
+            api_error(a, 409, "conflict", "out_refund_no %s was already used for a different refund",
+                      jstr(a->refund, "out_refund_no"));
+            return;
+        }
+        reply_refund(a, 200);
+        return;
+    }
+    refund_sub_lookup(a);
+}
+
+static void refund_authed(api_req_t *a)
+{
+    gw_http_req_t *r = a->req;
+    a->body = cJSON_ParseWithLength(r->body.data, r->body.len);
+    if (a->body == NULL || !cJSON_IsObject(a->body)) {
+        api_error(a, 400, "invalid_json", "the body must be a JSON object");
+        return;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, a->body) {
+        if (strcmp(it->string, "out_refund_no") && strcmp(it->string, "amount") && strcmp(it->string, "reason")) {
+            api_error(a, 400, "invalid_request", "%.64s: unknown field", it->string);
+            return;
+        }
+    }
+    const char *orn = jstr(a->body, "out_refund_no");
+    if (!valid_chars(orn, 1, 32, "_-")) {
+        api_error(a, 400, "invalid_request", "out_refund_no must be 1-32 characters [A-Za-z0-9_-]");
+        return;
+    }
+    const char *why = check_str(a->body, "reason", 0, 128);
+    if (why) {
+        api_error(a, 400, "invalid_request", "reason %s", why);
+        return;
+    }
+    int64_t amount;
+    if (!json_int_ok(cJSON_GetObjectItemCaseSensitive(a->body, "amount"), &amount) || amount <= 0) {
+        api_error(a, 400, "invalid_amount", "amount must be a positive integer number of fen");
+        return;
+    }
+    a->amount = amount;
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "merchant_id", a->merchant_id);
+    cJSON_AddStringToObject(p, "trade_no", a->path_id);
+    cJSON_AddStringToObject(p, "out_refund_no", orn);
+    cJSON_AddNumberToObject(p, "amount", (double)amount);
+    if (jstr(a->body, "reason")) cJSON_AddStringToObject(p, "reason", jstr(a->body, "reason"));
+    char *text = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    const char *v[] = { text };
+    gw_err_t rc = gw_pg_json(a->app, "refund_create", 1, v, refund_create_cb, a);
+    cJSON_free(text);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+static void refund_get_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err == GW_ENOENT) {
+        api_error(a, 404, "refund_not_found", "no such refund");
+        return;
+    }
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    a->order = cJSON_DetachItemFromObjectCaseSensitive(j, "order");
+    a->refund = cJSON_DetachItemFromObjectCaseSensitive(j, "refund");
+    snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(a->order, "trade_no"));
+    if (strcmp(jstr(a->refund, "status"), "PROCESSING") == 0) {
+        a->sync_query = 1;
+        refund_sub_lookup(a);
+        return;
+    }
+    reply_refund(a, 200);
+}
+
+static void refund_get_authed(api_req_t *a)
+{
+    gw_err_t rc;
+    if (a->path_id[0]) {
+        const char *v[] = { a->merchant_id, a->path_id };
+        rc = gw_pg_json(a->app, "refund_get", 2, v, refund_get_cb, a);
+    } else {
+        char orn[72];
+        if (!query_param(a->req, "out_refund_no", orn, sizeof(orn)) || !orn[0]) {
+            api_error(a, 400, "invalid_request", "give the refund_no in the path or ?out_refund_no=");
+            return;
+        }
+        const char *v[] = { a->merchant_id, orn };
+        rc = gw_pg_json(a->app, "refund_get_out", 2, v, refund_get_cb, a);
+    }
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* dispatch */
+
+void gw_notify_handle(gw_app_t *app, gw_http_req_t *req, gw_str_t channel);
+
+static int path_segments(gw_str_t path, gw_str_t *seg, int max)
+{
+    int n = 0;
+    const char *p = path.ptr, *end = path.ptr + path.len;
+    while (p < end && n < max) {
+        if (*p == '/') {
+            p++;
+            continue;
+        }
+        const char *s = p;
+        while (p < end && *p != '/') p++;
+        seg[n++] = (gw_str_t){ s, (size_t)(p - s) };
+    }
+    return p < end ? max + 1 : n;
+}
+
+static int seg_is(gw_str_t s, const char *lit) { return gw_str_eq(s, lit); }
+
+void gw_api_dispatch(gw_app_t *app, gw_http_req_t *req)
+{
+    gw_str_t seg[6];
+    int n = path_segments(req->path, seg, 5);
+    int get = strcmp(req->method_name, "GET") == 0, post = strcmp(req->method_name, "POST") == 0;
+    step_fn step = NULL;
+    const char *route = NULL;
+    gw_str_t id = { NULL, 0 };
+
+    if (n == 2 && seg_is(seg[0], "notify")) {
+        if (!post) goto not_allowed;
+        req->route = "/notify/{channel}";
+        gw_notify_handle(app, req, seg[1]);
+        return;
+    }
+    if (n >= 2 && seg_is(seg[0], "v1") && seg_is(seg[1], "orders")) {
+        if (n == 2) {
+            if (post) step = create_authed, route = "POST /v1/orders";
+            else if (get) step = get_authed, route = "GET /v1/orders";
+            else goto not_allowed;
+        } else if (n == 3) {
+            if (!get) goto not_allowed;
+            step = get_authed, route = "GET /v1/orders/{id}", id = seg[2];
+        } else if (n == 4 && seg_is(seg[3], "close")) {
+            if (!post) goto not_allowed;
+            step = close_authed, route = "POST /v1/orders/{id}/close", id = seg[2];
+        } else if (n == 4 && seg_is(seg[3], "refunds")) {
+            if (!post) goto not_allowed;
+            step = refund_authed, route = "POST /v1/orders/{id}/refunds", id = seg[2];
+        }
+    } else if (n >= 2 && seg_is(seg[0], "v1") && seg_is(seg[1], "refunds")) {
+        if (!get) goto not_allowed;
+        if (n == 2) step = refund_get_authed, route = "GET /v1/refunds";
+        else if (n == 3) step = refund_get_authed, route = "GET /v1/refunds/{id}", id = seg[2];
+    }
+    if (step == NULL) {
+        gw_http_respond_error(req, 404, "not_found", "no such endpoint");
+        return;
+    }
+    req->route = route;
+    api_req_t *a = api_new(app, req);
+    if (a == NULL) {
+        gw_http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    if (id.len) {
+        if (!valid_token(id, 64)) {
+            api_error(a, 404, "not_found", "no such resource");
+            return;
+        }
+        snprintf(a->path_id, sizeof(a->path_id), "%.*s", (int)id.len, id.ptr);
+    }
+    api_auth(a, step);
+    return;
+not_allowed:
+    gw_http_respond_error(req, 405, "method_not_allowed", "method not allowed for this path");
+}

@@ -1,0 +1,221 @@
+/*
+ * chanop.c — run one channel operation (see chanop.h).
+ */
+#include "chanop.h"
+#include "app.h"
+#include "channel.h"
+#include "client.h"
+#include "host.h"
+#include "metrics.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct op {
+    uv_work_t work;
+    gw_app_t *app;
+    gw_chan_module_t *mod;
+    const gw_channel_t *vt;
+    enum gw_chanop_kind kind;
+    gw_chan_call_t call;
+    gw_chan_request_t req;
+    gw_chan_response_t resp;
+    gw_buf_t resp_headers, resp_body;
+    gw_chanop_out_t out;
+    gw_err_t stage_err;
+    uint64_t start_us;
+    gw_chanop_cb cb;
+    void *udata;
+    char channel[32];
+} op_t;
+
+static const char *const op_names[] = { "?", "pay", "query", "refund", "close" };
+
+void gw_chanop_metrics_init(void)
+{
+    gw_metric_declare("paygate_channel_calls_total", "counter",
+                      "Channel calls by channel, operation and outcome");
+    gw_metric_declare("paygate_channel_call_duration_seconds", "histogram",
+                      "Channel call latency (request sent to response parsed)");
+}
+
+static void op_free(op_t *o)
+{
+    const gw_host_api_t *h = gw_host_api();
+    h->buf_free(&o->req.url);
+    h->buf_free(&o->req.headers);
+    h->buf_free(&o->req.body);
+    h->buf_free(&o->req.sign_string);
+    h->buf_free(&o->resp_headers);
+    h->buf_free(&o->resp_body);
+    h->buf_free(&o->out.res.pay_data);
+    free(o);
+}
+
+static void op_finish(op_t *o)
+{
+    const char *outcome;
+    if (o->out.err != GW_OK) outcome = "error";
+    else if (o->kind == GW_OP_REFUND || (o->kind == GW_OP_QUERY && (o->call.flags & GW_CALL_REFUND_QUERY)))
+        outcome = gw_chan_refund_status_name(o->out.res.status);
+    else outcome = gw_chan_pay_status_name(o->out.res.status);
+    char labels[128];
+    snprintf(labels, sizeof(labels), "channel=\"%s\",op=\"%s\",result=\"%s\"", o->channel,
+             op_names[o->kind], outcome);
+    gw_metric_add("paygate_channel_calls_total", labels, 1);
+    snprintf(labels, sizeof(labels), "channel=\"%s\",op=\"%s\"", o->channel, op_names[o->kind]);
+    gw_metric_observe("paygate_channel_call_duration_seconds", labels,
+                      (double)(gw_mono_us() - o->start_us) / 1e6);
+    if (o->mod) {
+        gw_chan_release(o->mod);
+        o->mod = NULL;
+    }
+    o->cb(o->udata, &o->out);
+    op_free(o);
+}
+
+/* ---- stage 3: parse (thread pool) ---- */
+
+static void parse_work(uv_work_t *w)
+{
+    op_t *o = w->data;
+    gw_chan_result_t *res = &o->out.res;
+    switch (o->kind) {
+    case GW_OP_PAY: o->stage_err = o->vt->pay_parse(&o->call, &o->resp, res); break;
+    case GW_OP_QUERY: o->stage_err = o->vt->query_parse(&o->call, &o->resp, res); break;
+    case GW_OP_REFUND: o->stage_err = o->vt->refund_parse(&o->call, &o->resp, res); break;
+    case GW_OP_CLOSE: o->stage_err = o->vt->close_parse(&o->call, &o->resp, res); break;
+    }
+}
+
+static void parse_done(uv_work_t *w, int status)
+{
+    op_t *o = w->data;
+    if (status != 0 || o->stage_err != GW_OK) {
+        /* a module that cannot parse its answer gives no verdict */
+        o->out.res.status = 0; /* UNKNOWN */
+        snprintf(o->out.res.raw_msg, sizeof(o->out.res.raw_msg), "response not understood: %s",
+                 gw_strerror(o->stage_err));
+    }
+    op_finish(o);
+}
+
+/* ---- stage 2: HTTP ---- */
+
+static void on_response(void *udata, gw_client_response_t *r)
+{
+    op_t *o = udata;
+    o->out.sent = r->sent;
+    o->out.http_status = r->status;
+    if (r->err != GW_OK) {
+        /* timeout, reset, refused: the outcome is unknown */
+        o->out.res.status = 0;
+        snprintf(o->out.res.raw_code, sizeof(o->out.res.raw_code), "%s", gw_err_name(r->err));
+        snprintf(o->out.res.raw_msg, sizeof(o->out.res.raw_msg), "%s", r->errmsg);
+        gw_log(GW_LOG_WARN, "channel %s %s: %s (%s)%s", o->channel, op_names[o->kind],
+               gw_strerror(r->err), r->errmsg, r->sent ? "" : ", not sent");
+        op_finish(o);
+        return;
+    }
+    /* keep the bytes: the client frees its buffers after this callback */
+    const gw_host_api_t *h = gw_host_api();
+    if (h->buf_append(&o->resp_headers, r->headers.data ? r->headers.data : "", r->headers.len) != GW_OK ||
+        h->buf_append(&o->resp_body, r->body.data ? r->body.data : "", r->body.len) != GW_OK) {
+        o->out.res.status = 0;
+        op_finish(o);
+        return;
+    }
+    o->resp.status = r->status;
+    o->resp.headers = (gw_str_t){ o->resp_headers.data, o->resp_headers.len };
+    o->resp.body = (gw_str_t){ o->resp_body.data, o->resp_body.len };
+    o->work.data = o;
+    if (uv_queue_work(o->app->loop, &o->work, parse_work, parse_done) != 0) {
+        o->out.res.status = 0;
+        op_finish(o);
+    }
+}
+
+/* ---- stage 1: build (thread pool) ---- */
+
+static void build_work(uv_work_t *w)
+{
+    op_t *o = w->data;
+    switch (o->kind) {
+    case GW_OP_PAY: o->stage_err = o->vt->pay(&o->call, &o->req); break;
+    case GW_OP_QUERY: o->stage_err = o->vt->query(&o->call, &o->req); break;
+    case GW_OP_REFUND: o->stage_err = o->vt->refund(&o->call, &o->req); break;
+    case GW_OP_CLOSE: o->stage_err = o->vt->close(&o->call, &o->req); break;
+    }
+}
+
+static void build_done(uv_work_t *w, int status)
+{
+    op_t *o = w->data;
+    if (status != 0 || o->stage_err != GW_OK || o->req.url.len == 0) {
+        o->out.err = o->stage_err != GW_OK ? o->stage_err : GW_EINVAL;
+        gw_log(GW_LOG_ERR, "channel %s %s: building the request failed: %s", o->channel,
+               op_names[o->kind], gw_strerror(o->out.err));
+        op_finish(o);
+        return;
+    }
+    gw_client_request_t creq = {
+        .method = o->req.method ? o->req.method : "POST",
+        .url = o->req.url.data,
+        .headers = o->req.headers.data,
+        .body = o->req.body.data,
+        .body_len = o->req.body.len,
+        .timeout_ms = o->req.timeout_ms > 0 ? o->req.timeout_ms : o->app->cfg.channels.call_timeout_ms,
+    };
+    gw_err_t rc = gw_client_send(o->app->client, &creq, on_response, o);
+    if (rc != GW_OK) {
+        o->out.err = rc;
+        op_finish(o);
+    }
+}
+
+gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, enum gw_chanop_kind kind,
+                       uint32_t flags, const gw_chan_merchant_t *merchant,
+                       const gw_chan_order_t *order, const gw_chan_refund_t *refund,
+                       gw_chanop_cb cb, void *udata)
+{
+    gw_chan_module_t *mod = gw_chan_acquire(app->channels, channel);
+    if (mod == NULL) return GW_ENOENT;
+    op_t *o = calloc(1, sizeof(*o));
+    if (o == NULL) {
+        gw_chan_release(mod);
+        return GW_ENOMEM;
+    }
+    const gw_host_api_t *h = gw_host_api();
+    o->app = app;
+    o->mod = mod;
+    o->vt = mod->vt;
+    o->kind = kind;
+    o->cb = cb;
+    o->udata = udata;
+    o->start_us = gw_mono_us();
+    snprintf(o->channel, sizeof(o->channel), "%s", channel);
+    snprintf(o->out.channel_version, sizeof(o->out.channel_version), "%s", o->vt->version);
+    o->call.ctx = mod->ctx;
+    o->call.host = h;
+    o->call.merchant = merchant;
+    o->call.order = order;
+    o->call.refund = refund;
+    o->call.flags = flags;
+    o->req.method = "POST";
+    h->buf_init(&o->req.url, 4096);
+    h->buf_init(&o->req.headers, 16384);
+    h->buf_init(&o->req.body, 256 * 1024);
+    h->buf_init(&o->req.sign_string, 256 * 1024);
+    h->buf_init(&o->resp_headers, 64 * 1024);
+    h->buf_init(&o->resp_body, 1 << 20);
+    h->buf_init(&o->out.res.pay_data, 64 * 1024);
+    o->out.res.amount = -1;
+    o->work.data = o;
+    if (uv_queue_work(app->loop, &o->work, build_work, build_done) != 0) {
+        gw_chan_release(mod);
+        o->mod = NULL;
+        op_free(o);
+        return GW_EIO;
+    }
+    return GW_OK;
+}
