@@ -1,0 +1,513 @@
+/*
+ * redis.c — Redis on the event loop (see redis.h), over hiredis 0.14's async
+ * API and its libuv adapter.
+ *
+ * One connection.  States:
+ *
+ *   DOWN --timer--> CONNECTING --connect cb ok--> HANDSHAKE --PING ok--> UP
+ *     ^                 |                             |                   |
+ *     +-----------------+----- failure / timeout -----+------ lost -------+
+ *
+ * HANDSHAKE sends AUTH (when a password is set), SELECT (db != 0) and PING;
+ * the connection is UP, and accepts commands, only once they all succeeded,
+ * so a command never reaches an unauthenticated or wrong-database session and
+ * "up" means the server answers.
+ *
+ * hiredis 0.14 ownership rules this file relies on:
+ *   - redisAsyncContext is freed by hiredis itself after a failed connect
+ *     (onConnect(REDIS_ERR)), after an I/O error (onDisconnect(REDIS_ERR)),
+ *     and by redisAsyncFree(); inside a reply callback redisAsyncFree only
+ *     flags the context and hiredis frees it when the callback returns.
+ *   - when a context is freed every pending reply callback runs once with a
+ *     NULL reply, before onDisconnect.
+ *   - redisAsyncFree must not be called from onConnect (hiredis touches the
+ *     context after that callback returns); this file never does.
+ * Each command gets a cmd record (privdata for hiredis) freed in its reply
+ * callback, which runs exactly once, so each gw callback runs exactly once.
+ * r->ac is cleared *before* a context goes away, so callbacks that belong to
+ * an old context are recognised (r->ac != ac) and user code that runs inside
+ * them sees the client DOWN (new commands get GW_EUNAVAIL).
+ *
+ * The adapter's poll callback ignores poll errors, and libuv stops a poll
+ * handle on POLLERR — which is how a refused non-blocking connect or a reset
+ * reports itself — so hiredis would never learn of them.  The adapter's
+ * read/write hooks are therefore replaced by the same code with a poll
+ * callback that hands errors to hiredis (as later hiredis releases do); the
+ * adapter's attach and cleanup are used as they are.
+ *
+ * hiredis 0.14 resolves a host name with a blocking getaddrinfo() when it
+ * connects: configure Redis by address.
+ *
+ * Timeouts: one timer is armed for the earliest deadline, i.e. the connect
+ * deadline while CONNECTING, else the oldest pending command's (commands all
+ * have the same timeout, so the oldest is the first in the list).  An expired
+ * command fails with GW_ETIMEDOUT and the connection is dropped and
+ * re-established (a late reply cannot be matched to a command any more).
+ */
+#include "redis.h"
+
+#include <hiredis/async.h>
+#include <hiredis/adapters/libuv.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define REDIS_DEFAULT_HOST "127.0.0.1"
+#define REDIS_DEFAULT_PORT 6379
+#define REDIS_DEFAULT_RECONNECT_MIN 100
+#define REDIS_DEFAULT_RECONNECT_MAX 5000
+#define REDIS_DEFAULT_TIMEOUT 1000
+
+enum redis_state { R_DOWN = 0, R_CONNECTING, R_HANDSHAKE, R_UP };
+
+typedef struct redis_cmd redis_cmd_t;
+struct redis_cmd {
+    redis_cmd_t *prev, *next; /* pending list, in send order */
+    gw_redis_t *r;
+    gw_redis_cb cb;
+    void *udata;
+    uint64_t deadline;        /* uv_now() ms */
+    unsigned finished : 1;    /* gw callback already run */
+    unsigned timed_out : 1;
+    unsigned handshake : 1;
+    unsigned last : 1;        /* the handshake's final PING */
+};
+
+struct gw_redis {
+    uv_loop_t *loop;
+    char *host;
+    char *password;
+    int port, db;
+    int reconnect_min_ms, reconnect_max_ms, timeout_ms;
+
+    redisAsyncContext *ac; /* current context; NULL when DOWN */
+    enum redis_state state;
+    redis_cmd_t *head, *tail;
+    uint64_t connect_deadline;
+    int backoff_ms;
+
+    uv_timer_t reconnect_timer;
+    uv_timer_t deadline_timer;
+    int nhandles;
+    unsigned started : 1;
+    unsigned closing : 1;
+    unsigned outage_logged : 1;
+    void (*close_done)(void *);
+    void *close_udata;
+};
+
+static void schedule_reconnect(gw_redis_t *r);
+static void arm_deadline(gw_redis_t *r);
+
+/* ---------------------------------------------------------------- adapter */
+
+static void gw__redis_poll(uv_poll_t *handle, int status, int events)
+{
+    redisLibuvEvents *p = handle->data;
+    /* on an error libuv has stopped the handle: let hiredis read/write to
+     * find the error (it then frees the context, or the hooks restart) */
+    int ev = status < 0 ? p->events : events;
+    if (p->context != NULL && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
+    if (p->context != NULL && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
+}
+
+static void gw__redis_set_events(redisLibuvEvents *p, int events)
+{
+    p->events = events;
+    if (events) uv_poll_start(&p->handle, events, gw__redis_poll);
+    else uv_poll_stop(&p->handle);
+}
+
+static void gw__redis_add_read(void *privdata)
+{
+    redisLibuvEvents *p = privdata;
+    gw__redis_set_events(p, p->events | UV_READABLE);
+}
+
+static void gw__redis_del_read(void *privdata)
+{
+    redisLibuvEvents *p = privdata;
+    gw__redis_set_events(p, p->events & ~UV_READABLE);
+}
+
+static void gw__redis_add_write(void *privdata)
+{
+    redisLibuvEvents *p = privdata;
+    gw__redis_set_events(p, p->events | UV_WRITABLE);
+}
+
+static void gw__redis_del_write(void *privdata)
+{
+    redisLibuvEvents *p = privdata;
+    gw__redis_set_events(p, p->events & ~UV_WRITABLE);
+}
+
+/* ---------------------------------------------------------------- commands */
+
+static void cmd_link(gw_redis_t *r, redis_cmd_t *c)
+{
+    c->next = NULL;
+    c->prev = r->tail;
+    if (r->tail) r->tail->next = c;
+    else r->head = c;
+    r->tail = c;
+}
+
+static void cmd_unlink(gw_redis_t *r, redis_cmd_t *c)
+{
+    if (c->prev) c->prev->next = c->next;
+    else r->head = c->next;
+    if (c->next) c->next->prev = c->prev;
+    else r->tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static redis_cmd_t *cmd_new(gw_redis_t *r, gw_redis_cb cb, void *udata)
+{
+    redis_cmd_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) return NULL;
+    c->r = r;
+    c->cb = cb;
+    c->udata = udata;
+    c->deadline = uv_now(r->loop) + (uint64_t)r->timeout_ms;
+    return c;
+}
+
+/* ---------------------------------------------------------------- state */
+
+static const char *ac_error(const redisAsyncContext *ac)
+{
+    if (ac && ac->err && ac->errstr && *ac->errstr) return ac->errstr;
+    /* not yet copied to ac->err inside the connect callback */
+    if (ac && ac->c.err && ac->c.errstr[0]) return ac->c.errstr;
+    return "connection closed";
+}
+
+/* The connection we use went away (hiredis is freeing it, or we are). */
+static void conn_lost(gw_redis_t *r, const redisAsyncContext *ac, const char *why)
+{
+    if (ac != NULL && r->ac != ac) return; /* an old context: already handled */
+    enum redis_state was = r->state;
+    r->ac = NULL;
+    r->state = R_DOWN;
+    if (r->closing) {
+        gw_log(GW_LOG_INFO, "redis: connection to %s:%d closed", r->host, r->port);
+    } else if (was == R_UP) {
+        gw_log(GW_LOG_WARN, "redis: connection to %s:%d lost: %s", r->host, r->port, why);
+    } else if (!r->outage_logged) {
+        r->outage_logged = 1;
+        gw_log(GW_LOG_WARN, "redis: cannot connect to %s:%d: %s (retrying every %d..%d ms)",
+               r->host, r->port, why, r->reconnect_min_ms, r->reconnect_max_ms);
+    } else {
+        gw_log(GW_LOG_DEBUG, "redis: %s:%d: connect failed: %s", r->host, r->port, why);
+    }
+    if (!r->closing) schedule_reconnect(r);
+}
+
+/* Drops the current connection ourselves: pending commands complete (with
+ * GW_ETIMEDOUT when marked timed out, GW_ECANCELED when closing, else
+ * GW_EIO) from hiredis' free, at once or, inside a reply callback, when that
+ * callback returns. */
+static void conn_drop(gw_redis_t *r, const char *why)
+{
+    redisAsyncContext *ac = r->ac;
+    if (ac == NULL) return;
+    conn_lost(r, ac, why);
+    redisAsyncFree(ac);
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redis_cmd_t *c = privdata;
+    gw_redis_t *r = c->r;
+
+    cmd_unlink(r, c);
+    if (reply == NULL) conn_lost(r, ac, ac_error(ac)); /* no-op if we dropped it */
+    if (!c->finished) {
+        c->finished = 1;
+        gw_err_t err = GW_OK;
+        if (reply == NULL) err = r->closing ? GW_ECANCELED : c->timed_out ? GW_ETIMEDOUT : GW_EIO;
+        if (c->cb) c->cb(c->udata, err, reply);
+    }
+    free(c);
+}
+
+/* Handshake replies (udata = r).  Connection loss is handled elsewhere. */
+static void on_handshake(void *udata, gw_err_t err, redisReply *reply)
+{
+    gw_redis_t *r = udata;
+    if (err != GW_OK || r->state != R_HANDSHAKE) return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        char why[256];
+        /* the server's message, never the password */
+        snprintf(why, sizeof(why), "handshake refused: %.*s", (int)reply->len, reply->str);
+        conn_drop(r, why);
+    }
+}
+
+static void on_handshake_done(void *udata, gw_err_t err, redisReply *reply)
+{
+    gw_redis_t *r = udata;
+    if (err != GW_OK || r->state != R_HANDSHAKE) return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        on_handshake(udata, err, reply);
+        return;
+    }
+    r->state = R_UP;
+    r->backoff_ms = r->reconnect_min_ms;
+    r->outage_logged = 0;
+    gw_log(GW_LOG_NOTICE, "redis: connected to %s:%d (db %d)", r->host, r->port, r->db);
+}
+
+static int send_internal(gw_redis_t *r, gw_redis_cb cb, int argc, const char **argv)
+{
+    redis_cmd_t *c = cmd_new(r, cb, r);
+    if (c == NULL) return -1;
+    c->handshake = 1;
+    if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, NULL) != REDIS_OK) {
+        free(c);
+        return -1;
+    }
+    cmd_link(r, c);
+    return 0;
+}
+
+static void on_connect(const redisAsyncContext *cac, int status)
+{
+    gw_redis_t *r = cac->data;
+    if (r->ac != cac) return; /* dropped while connecting */
+    if (status != REDIS_OK) {
+        /* hiredis frees the context when this returns */
+        conn_lost(r, cac, ac_error(cac));
+        return;
+    }
+    r->state = R_HANDSHAKE;
+    char dbs[16];
+    snprintf(dbs, sizeof(dbs), "%d", r->db);
+    const char *auth[2] = { "AUTH", r->password };
+    const char *sel[2] = { "SELECT", dbs };
+    const char *ping[1] = { "PING" };
+    if ((r->password && send_internal(r, on_handshake, 2, auth) != 0) ||
+        (r->db != 0 && send_internal(r, on_handshake, 2, sel) != 0) ||
+        send_internal(r, on_handshake_done, 1, ping) != 0) {
+        /* cannot free the context here: let the deadline timer drop it */
+        r->connect_deadline = 0;
+        r->state = R_CONNECTING;
+    }
+    arm_deadline(r);
+}
+
+static void on_disconnect(const redisAsyncContext *cac, int status)
+{
+    gw_redis_t *r = cac->data;
+    conn_lost(r, cac, status == REDIS_OK ? "closed" : ac_error(cac));
+}
+
+static void conn_start(gw_redis_t *r)
+{
+    redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+    if (ac == NULL) {
+        conn_lost(r, NULL, "out of memory");
+        return;
+    }
+    if (ac->err) {
+        char why[128];
+        snprintf(why, sizeof(why), "%s", ac_error(ac));
+        redisAsyncFree(ac);
+        conn_lost(r, NULL, why);
+        return;
+    }
+    ac->data = r;
+    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        conn_lost(r, NULL, "cannot attach to the loop");
+        return;
+    }
+    ac->ev.addRead = gw__redis_add_read;
+    ac->ev.delRead = gw__redis_del_read;
+    ac->ev.addWrite = gw__redis_add_write;
+    ac->ev.delWrite = gw__redis_del_write;
+    r->ac = ac;
+    r->state = R_CONNECTING;
+    r->connect_deadline = uv_now(r->loop) + (uint64_t)r->timeout_ms;
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* last: it starts watching for the connect (the hooks must be set) */
+    redisAsyncSetConnectCallback(ac, on_connect);
+    arm_deadline(r);
+}
+
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    gw_redis_t *r = t->data;
+    if (r->closing || r->ac != NULL) return;
+    conn_start(r);
+}
+
+static void schedule_reconnect(gw_redis_t *r)
+{
+    if (r->closing || uv_is_active((uv_handle_t *)&r->reconnect_timer)) return;
+    uv_timer_start(&r->reconnect_timer, on_reconnect_timer, (uint64_t)r->backoff_ms, 0);
+    r->backoff_ms = r->backoff_ms >= r->reconnect_max_ms / 2 ? r->reconnect_max_ms : r->backoff_ms * 2;
+}
+
+/* ---------------------------------------------------------------- deadlines */
+
+static void on_deadline(uv_timer_t *t)
+{
+    gw_redis_t *r = t->data;
+    uint64_t now = uv_now(r->loop);
+
+    if (r->state == R_CONNECTING && r->ac && r->connect_deadline <= now) {
+        conn_drop(r, "connect timed out");
+    } else if (r->head && r->head->deadline <= now) {
+        for (redis_cmd_t *c = r->head; c; c = c->next)
+            if (c->deadline <= now) c->timed_out = 1;
+        char why[96];
+        snprintf(why, sizeof(why), "%s timed out after %d ms",
+                 r->head->handshake ? "handshake" : "command", r->timeout_ms);
+        conn_drop(r, why);
+    }
+    arm_deadline(r);
+}
+
+static void arm_deadline(gw_redis_t *r)
+{
+    if (r->closing) return;
+    uint64_t due = UINT64_MAX;
+    if (r->state == R_CONNECTING && r->ac) due = r->connect_deadline;
+    if (r->head && r->head->deadline < due) due = r->head->deadline;
+    if (due == UINT64_MAX) {
+        uv_timer_stop(&r->deadline_timer);
+        return;
+    }
+    /* an armed timer is due no later: deadlines only grow */
+    if (uv_is_active((uv_handle_t *)&r->deadline_timer) && due > uv_now(r->loop)) return;
+    uint64_t now = uv_now(r->loop);
+    uv_timer_start(&r->deadline_timer, on_deadline, due > now ? due - now : 0, 0);
+}
+
+/* ---------------------------------------------------------------- public */
+
+gw_redis_t *gw_redis_new(uv_loop_t *loop, const gw_redis_opts_t *opts)
+{
+    gw_redis_t *r = calloc(1, sizeof(*r));
+    if (r == NULL) return NULL;
+    r->loop = loop;
+    r->host = strdup(opts && opts->host && *opts->host ? opts->host : REDIS_DEFAULT_HOST);
+    r->password = opts && opts->password && *opts->password ? strdup(opts->password) : NULL;
+    if (r->host == NULL || (opts && opts->password && *opts->password && r->password == NULL)) {
+        free(r->host);
+        free(r->password);
+        free(r);
+        return NULL;
+    }
+    r->port = opts && opts->port > 0 ? opts->port : REDIS_DEFAULT_PORT;
+    r->db = opts && opts->db > 0 ? opts->db : 0;
+    r->reconnect_min_ms =
+        opts && opts->reconnect_min_ms > 0 ? opts->reconnect_min_ms : REDIS_DEFAULT_RECONNECT_MIN;
+    r->reconnect_max_ms =
+        opts && opts->reconnect_max_ms > 0 ? opts->reconnect_max_ms : REDIS_DEFAULT_RECONNECT_MAX;
+    if (r->reconnect_max_ms < r->reconnect_min_ms) r->reconnect_max_ms = r->reconnect_min_ms;
+    r->timeout_ms =
+        opts && opts->command_timeout_ms > 0 ? opts->command_timeout_ms : REDIS_DEFAULT_TIMEOUT;
+    r->backoff_ms = r->reconnect_min_ms;
+    uv_timer_init(loop, &r->reconnect_timer);
+    uv_timer_init(loop, &r->deadline_timer);
+    r->reconnect_timer.data = r;
+    r->deadline_timer.data = r;
+    r->nhandles = 2;
+    return r;
+}
+
+void gw_redis_start(gw_redis_t *r)
+{
+    if (r == NULL || r->started || r->closing) return;
+    r->started = 1;
+    conn_start(r);
+}
+
+static gw_err_t submit_check(gw_redis_t *r)
+{
+    if (r == NULL) return GW_EINVAL;
+    if (r->closing) return GW_ECANCELED;
+    if (r->state != R_UP || r->ac == NULL) return GW_EUNAVAIL;
+    /* hiredis is tearing the context down (we learn of it in a moment) */
+    if (r->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)) return GW_EUNAVAIL;
+    return GW_OK;
+}
+
+static void submitted(gw_redis_t *r, redis_cmd_t *c)
+{
+    cmd_link(r, c);
+    if (!uv_is_active((uv_handle_t *)&r->deadline_timer)) arm_deadline(r);
+}
+
+gw_err_t gw_redis_cmd(gw_redis_t *r, gw_redis_cb cb, void *udata, const char *fmt, ...)
+{
+    gw_err_t rc = submit_check(r);
+    if (rc != GW_OK) return rc;
+    if (fmt == NULL) return GW_EINVAL;
+    redis_cmd_t *c = cmd_new(r, cb, udata);
+    if (c == NULL) return GW_ENOMEM;
+    va_list ap;
+    va_start(ap, fmt);
+    int st = redisvAsyncCommand(r->ac, on_reply, c, fmt, ap);
+    va_end(ap);
+    if (st != REDIS_OK) {
+        free(c);
+        return GW_EINVAL; /* a bad format (the context is usable: checked) */
+    }
+    submitted(r, c);
+    return GW_OK;
+}
+
+gw_err_t gw_redis_cmdargv(gw_redis_t *r, gw_redis_cb cb, void *udata, int argc,
+                          const char **argv, const size_t *argvlen)
+{
+    gw_err_t rc = submit_check(r);
+    if (rc != GW_OK) return rc;
+    if (argc <= 0 || argv == NULL) return GW_EINVAL;
+    redis_cmd_t *c = cmd_new(r, cb, udata);
+    if (c == NULL) return GW_ENOMEM;
+    if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, argvlen) != REDIS_OK) {
+        free(c);
+        return GW_ENOMEM;
+    }
+    submitted(r, c);
+    return GW_OK;
+}
+
+int gw_redis_up(const gw_redis_t *r)
+{
+    return r != NULL && r->state == R_UP;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    gw_redis_t *r = h->data;
+    if (--r->nhandles > 0) return;
+    void (*done)(void *) = r->close_done;
+    void *udata = r->close_udata;
+    free(r->host);
+    free(r->password);
+    free(r);
+    if (done) done(udata);
+}
+
+void gw_redis_close(gw_redis_t *r, void (*done)(void *), void *udata)
+{
+    if (r == NULL) {
+        if (done) done(udata);
+        return;
+    }
+    if (r->closing) return;
+    r->closing = 1;
+    r->close_done = done;
+    r->close_udata = udata;
+    /* our timers first: libuv runs close callbacks last-closed-first, so the
+     * adapter's poll handle (closed by hiredis' cleanup below) is normally
+     * gone before on_handle_closed frees r and calls done */
+    uv_close((uv_handle_t *)&r->reconnect_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
+    /* pending commands complete with GW_ECANCELED */
+    conn_drop(r, "closing");
+}
