@@ -320,7 +320,8 @@ static void on_timer(uv_timer_t *t)
         break;
     case PG_C_READY: {
         pg_job_t *head = c->inflight.head;
-        if (head && head->sent_at + (uint64_t)pg->query_timeout_ms <= uv_now(pg->loop)) {
+        if (pg->query_timeout_ms > 0 && head &&
+            head->sent_at + (uint64_t)pg->query_timeout_ms <= uv_now(pg->loop)) {
             char label[128], why[192];
             snprintf(why, sizeof(why), "%s timed out after %d ms", job_label(head, label, sizeof(label)),
                      pg->query_timeout_ms);

@@ -318,6 +318,9 @@ static void conn_start(gw_redis_t *r)
     }
     ac->data = r;
     if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+        /* the adapter installs its hooks before it can fail: without this
+         * its cleanup would run on ev.data == NULL */
+        if (ac->ev.data == NULL) memset(&ac->ev, 0, sizeof(ac->ev));
         redisAsyncFree(ac);
         conn_lost(r, NULL, "cannot attach to the loop");
         return;
