@@ -84,6 +84,7 @@ static void ingest_cb(void *udata, gw_err_t err, cJSON *j)
     answer(n, verified);
 }
 
+/* reason != NULL: the notification is not trusted (n->verify_err says why) */
 static void ingest(notif_t *n, const char *reason)
 {
     cJSON *p = cJSON_CreateObject();
@@ -150,6 +151,7 @@ static void sub_cb(void *udata, gw_err_t err, cJSON *j)
 {
     notif_t *n = udata;
     if (err == GW_ENOENT) {
+        n->verify_err = GW_ENOENT;
         ingest(n, "unknown merchant number");
         return;
     }
@@ -209,6 +211,7 @@ void gw_notify_handle(gw_app_t *app, gw_http_req_t *req, gw_str_t channel)
     n->out.amount = -1;
     gw_err_t rc = n->vt->notify_parse(n->mod->ctx, h, &n->in, &n->out);
     if (rc != GW_OK || n->out.mch_id[0] == '\0') {
+        n->verify_err = rc != GW_OK ? rc : GW_EPARSE;
         ingest(n, rc == GW_OK ? "no merchant number" : gw_strerror(rc));
         return;
     }
