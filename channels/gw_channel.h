@@ -40,7 +40,7 @@ extern "C" {
 #endif
 
 #define GW_CHANNEL_ABI_MAJOR 1
-#define GW_CHANNEL_ABI_MINOR 0
+#define GW_CHANNEL_ABI_MINOR 1
 #define GW_CHANNEL_ABI_VERSION ((GW_CHANNEL_ABI_MAJOR << 16) | GW_CHANNEL_ABI_MINOR)
 /* Identifies what the struct layouts depend on (nginx NGX_MODULE_SIGNATURE). */
 #define GW_CHANNEL_BUILD_SIG "gw1:lp64:le"
@@ -348,8 +348,19 @@ struct gw_host_api {
     gw_str_t (*header_get)(gw_str_t headers, const char *name);
 };
 
+/* added in 1.1: the channel's documented timing rules, which the core's
+ * follow-up tasks obey.  A zero field means "use the core's default". */
+typedef struct gw_chan_policy {
+    uint32_t struct_size;          /* sizeof(gw_chan_policy_t) as the module saw it */
+    uint32_t poll_interval_ms;     /* b-to-c: query cadence while the customer pays */
+    uint32_t poll_deadline_ms;     /* b-to-c: reverse when still unpaid at this age */
+    uint32_t reverse_min_age_ms;   /* never reverse before this age (WeChat: 15 s) */
+    uint32_t close_min_age_ms;     /* never close before this age (Swiftpass: 5 min) */
+    uint32_t refund_query_delay_ms;/* first refund query this long after the refund */
+} gw_chan_policy_t;
+
 /* ------------------------------------------------------------------ */
-/* The module vtable: version 1.0.  Append only. */
+/* The module vtable: version 1.1.  Append only. */
 
 typedef struct gw_channel {
     /* 1.0 header: these fields never move */
@@ -397,6 +408,9 @@ typedef struct gw_channel {
                              gw_chan_notify_t *out);
     gw_err_t (*notify_verify)(const gw_chan_call_t *call, const gw_chan_notify_in_t *in,
                               gw_chan_notify_t *out);
+
+    /* added in 1.1 */
+    const gw_chan_policy_t *policy; /* may be NULL: the core's defaults */
 } gw_channel_t;
 
 /* The one exported symbol. */

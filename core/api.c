@@ -12,6 +12,7 @@
 #include "channel.h"
 #include "crypto.h"
 #include "metrics.h"
+#include "rows.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -243,19 +244,10 @@ static void api_db_error(api_req_t *a, gw_err_t err)
     else api_error(a, 500, "internal", "database error: %s", gw_strerror(err));
 }
 
-static const char *jstr(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
+#define jstr gw_jstr
+#define jint gw_jint
+#define sstr gw_sstr
 
-static int64_t jint(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : -1;
-}
-
-static gw_str_t sstr(const char *s) { return (gw_str_t){ s ? s : "", s ? strlen(s) : 0 }; }
 
 /* ------------------------------------------------------------------ */
 /* authentication */
@@ -480,76 +472,12 @@ static void reply_order(api_req_t *a, int status)
 
 static gw_err_t fill_merchant(api_req_t *a)
 {
-    const cJSON *s = a->sub;
-    a->cm.mch_id = sstr(jstr(s, "mch_id"));
-    a->cm.app_id = sstr(jstr(s, "app_id"));
-    a->cm.key = sstr(jstr(s, "key"));
-    a->cm.private_key = sstr(jstr(s, "private_key"));
-    a->cm.public_key = sstr(jstr(s, "public_key"));
-    a->cm.extra = sstr(jstr(s, "extra"));
-    return a->cm.mch_id.len ? GW_OK : GW_EINVAL;
-}
-
-static uint32_t method_bit(const char *m)
-{
-    if (m == NULL) return 0;
-    if (strcmp(m, "wechat_qr") == 0) return GW_METHOD_WECHAT_QR;
-    if (strcmp(m, "wechat_jsapi") == 0) return GW_METHOD_WECHAT_JSAPI;
-    if (strcmp(m, "alipay_qr") == 0) return GW_METHOD_ALIPAY_QR;
-    if (strcmp(m, "alipay_jsapi") == 0) return GW_METHOD_ALIPAY_JSAPI;
-    if (strcmp(m, "barcode") == 0) return GW_METHOD_BARCODE;
-    return 0;
-}
-
-static int64_t parse_ts_ms(const char *s)
-{
-    /* PostgreSQL's JSON timestamps: 2026-11-27T21:48:49.123456+00:00 */
-    if (s == NULL) return 0;
-    struct tm tm;
-    memset(&tm, 0, sizeof(tm));
-    int frac = 0;
-    char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-    if (end == NULL) return 0;
-    if (*end == '.') {
-        end++;
-        int digits = 0;
-        while (isdigit((unsigned char)*end)) {
-            if (digits < 3) frac = frac * 10 + (*end - '0');
-            digits++;
-            end++;
-        }
-        while (digits < 3) frac *= 10, digits++;
-    }
-    int64_t t = (int64_t)timegm(&tm);
-    int sign = 0, hh = 0, mm = 0;
-    if (*end == '+' || *end == '-') {
-        sign = *end == '-' ? -1 : 1;
-        sscanf(end + 1, "%d:%d", &hh, &mm);
-        t -= sign * (hh * 3600 + mm * 60);
-    }
-    return t * 1000 + frac;
+    return gw_rows_merchant(a->sub, &a->cm);
 }
 
 static void fill_order(api_req_t *a)
 {
-    const cJSON *o = a->order;
-    a->co.out_trade_no = sstr(jstr(o, "trade_no"));
-    a->co.amount = jint(o, "amount");
-    a->co.currency = sstr(jstr(o, "currency"));
-    a->co.subject = sstr(jstr(o, "subject"));
-    a->co.method = method_bit(jstr(o, "method"));
-    a->co.payer_id = sstr(jstr(o, "payer_id"));
-    a->co.client_ip = sstr(jstr(o, "client_ip") ? jstr(o, "client_ip") : "127.0.0.1");
-    a->co.channel_trade_no = sstr(jstr(o, "channel_trade_no"));
-    a->co.attach = sstr(NULL);
-    a->co.created_ms = parse_ts_ms(jstr(o, "created_at"));
-    a->co.expire_ms = parse_ts_ms(jstr(o, "expire_at"));
-    const char *base = a->app->cfg.channels.notify_base_url;
-    const char *chan = jstr(o, "channel");
-    if (base) snprintf(a->notify_url, sizeof(a->notify_url), "%s/notify/%s", base, chan ? chan : "");
-    else snprintf(a->notify_url, sizeof(a->notify_url), "http://%s:%d/notify/%s",
-                  a->app->cfg.listen_host, a->app->cfg.listen_port, chan ? chan : "");
-    a->co.notify_url = sstr(a->notify_url);
+    gw_rows_order(a->app, a->order, &a->co, a->notify_url, sizeof(a->notify_url));
 }
 
 /* ------------------------------------------------------------------ */
@@ -829,7 +757,7 @@ static void create_authed(api_req_t *a)
     }
     a->amount = amount;
     const char *method = jstr(b, "method");
-    uint32_t mbit = method_bit(method);
+    uint32_t mbit = gw_method_bit(method);
     if (mbit == 0) {
         api_error(a, 400, "invalid_method",
                   "method must be one of wechat_qr, wechat_jsapi, alipay_qr, alipay_jsapi, barcode");
@@ -1125,11 +1053,7 @@ static void refund_cb(void *udata, gw_chanop_out_t *out)
 
 static void refund_fill(api_req_t *a)
 {
-    a->cr.out_refund_no = sstr(jstr(a->refund, "refund_no"));
-    a->cr.amount = jint(a->refund, "amount");
-    a->cr.total_amount = jint(a->order, "amount");
-    a->cr.reason = sstr(jstr(a->refund, "reason"));
-    a->cr.channel_refund_no = sstr(jstr(a->refund, "channel_refund_no"));
+    gw_rows_refund(a->refund, a->order, &a->cr);
 }
 
 static void refund_sub_cb(void *udata, gw_err_t err, cJSON *j)

@@ -36,6 +36,7 @@ static char base[256];       /* temp dir of this run */
 static char mock_v2[320];    /* variants compiled by the group setup */
 static char mock_noinit[320];
 static char mock_major[320];
+static char mock_abi10[320];
 
 /* ------------------------------------------------------------------ */
 /* helpers */
@@ -258,10 +259,12 @@ static int group_setup(void **state)
     snprintf(mock_v2, sizeof(mock_v2), "%s/mock_v2.so", base);
     snprintf(mock_noinit, sizeof(mock_noinit), "%s/mock_noinit.so", base);
     snprintf(mock_major, sizeof(mock_major), "%s/mock_major.so", base);
+    snprintf(mock_abi10, sizeof(mock_abi10), "%s/mock_abi10.so", base);
     if (run_cc(mock_v2, "test/channels/mock/mock.c", "-DMOCK_VERSION=\"2.0.0\"", NULL) != 0 ||
         run_cc(mock_noinit, "test/channels/mock/mock.c", "-DMOCK_VERSION=\"3.0.0\"",
                "-DMOCK_BREAK_INIT") != 0 ||
-        run_cc(mock_major, "test/channels/bad_major/bad_major.c", NULL, NULL) != 0) {
+        run_cc(mock_major, "test/channels/bad_major/bad_major.c", NULL, NULL) != 0 ||
+        run_cc(mock_abi10, "test/channels/mock/mock.c", "-DMOCK_ABI_1_0", NULL) != 0) {
         fprintf(stderr, "test_channel: cannot compile the mock variants with cc\n");
         return -1;
     }
@@ -734,7 +737,7 @@ static void test_load_acquire(void **state)
     assert_string_equal(cJSON_GetObjectItem(o, "name")->valuestring, "mock");
     assert_string_equal(cJSON_GetObjectItem(o, "version")->valuestring, "1.0.0");
     assert_string_equal(cJSON_GetObjectItem(o, "file")->valuestring, "mock.so");
-    assert_string_equal(cJSON_GetObjectItem(o, "abi")->valuestring, "1.0");
+    assert_string_equal(cJSON_GetObjectItem(o, "abi")->valuestring, "1.1");
     assert_int_equal(cJSON_GetObjectItem(o, "generation")->valueint, 1);
     assert_int_equal(cJSON_GetObjectItem(o, "inflight")->valueint, 1);
     assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(o, "methods")), 3);
@@ -810,6 +813,34 @@ static void test_hot_reload(void **state)
     log = capture_end();
     assert_non_null(strstr(log, "[mock] fini v2.0.0"));
     free(log);
+}
+
+/* A module built for ABI 1.0 loads into a 1.1 core, and the member added in
+ * 1.1 (policy) reads as NULL even though the module's static struct has it
+ * set: the core honours struct_size, not what lies beyond it. */
+static void test_older_minor(void **state)
+{
+    (void)state;
+    env_t e;
+    env_open(&e, "minor", 1000);
+    char p[PATH_MAX];
+    path_in(p, sizeof(p), e.dir, "mock.so");
+    copy_file(mock_abi10, p, 0755);
+    assert_int_equal(gw_chan_reload(e.r), GW_OK);
+    gw_chan_module_t *m = gw_chan_acquire(e.r, "mock");
+    assert_non_null(m);
+    assert_null(m->vt->policy);
+    assert_false(GW_CHAN_HAS(m, policy));
+    assert_ack(m, "ok v1.0.0");
+    gw_chan_release(m);
+    /* the 1.1 build of the same source does expose it */
+    copy_file(MOCK_SO, p, 0755);
+    assert_int_equal(gw_chan_reload(e.r), GW_OK);
+    m = gw_chan_acquire(e.r, "mock");
+    assert_non_null(m->vt->policy);
+    assert_int_equal(m->vt->policy->poll_deadline_ms, 6000);
+    gw_chan_release(m);
+    env_close(&e);
 }
 
 /* Each broken build of "mock" copied over mock.so: rejected with its
@@ -1090,7 +1121,7 @@ static void test_ctl_check(void **state)
     assert_non_null(strstr(r.out, "OK\n"));
     assert_non_null(strstr(r.out, "name:             mock\n"));
     assert_non_null(strstr(r.out, "version:          1.0.0\n"));
-    assert_non_null(strstr(r.out, "abi:              1.0\n"));
+    assert_non_null(strstr(r.out, "abi:              1.1\n"));
     assert_non_null(strstr(r.out, "methods:          wechat_qr alipay_qr barcode\n"));
     ctl_free(&r);
 
@@ -1162,7 +1193,7 @@ static void test_ctl_notify_verify(void **state)
                                                "--settings", settings_arg, "--merchant", merch_arg,
                                                req, NULL });
         assert_null(strstr(r.out, KEY));
-        assert_non_null(strstr(r.out, "module:           mock 1.0.0 (mock.so, ABI 1.0)\n"));
+        assert_non_null(strstr(r.out, "module:           mock 1.0.0 (mock.so, ABI 1.1)\n"));
         assert_non_null(strstr(r.out, "sign_string:      amount=100&kind=pay&mch_id=M100&"
                                       "out_trade_no=T1&status=SUCCESS&trade_no=W1\n"));
         assert_non_null(strstr(r.out, "kind:             pay\n"));
@@ -1291,6 +1322,7 @@ int main(void)
         cmocka_unit_test(test_host_log_tag),
         cmocka_unit_test(test_load_acquire),
         cmocka_unit_test(test_hot_reload),
+        cmocka_unit_test(test_older_minor),
         cmocka_unit_test(test_bad_update_keeps_previous),
         cmocka_unit_test(test_bad_modules),
         cmocka_unit_test(test_removed_file),

@@ -24,10 +24,12 @@
  * (sent as X-Mock-Tag, to see which settings a generation was built with).
  *
  * Build variants for tests: -DMOCK_VERSION='"2.0.0"' (default "1.0.0"),
- * -DMOCK_BREAK_INIT (init always fails).
+ * -DMOCK_BREAK_INIT (init always fails), -DMOCK_ABI_1_0 (declares ABI 1.0
+ * and the 1.0 struct size, to test that the core ignores later members).
  */
 #include "gw_channel.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -350,9 +352,26 @@ static gw_err_t mock_notify_verify(const gw_chan_call_t *call, const gw_chan_not
 
 /* ---- the vtable and the one exported symbol ---- */
 
+/* ABI 1.1: the timing rules the core's follow-up tasks obey (short, for tests). */
+static const gw_chan_policy_t mock_policy = {
+    .struct_size = sizeof(gw_chan_policy_t),
+    .poll_interval_ms = 1000,
+    .poll_deadline_ms = 6000,
+    .reverse_min_age_ms = 0,
+    .close_min_age_ms = 0,
+    .refund_query_delay_ms = 1000,
+};
+
 static const gw_channel_t mock_channel = {
+#ifdef MOCK_ABI_1_0
+    /* built as an ABI 1.0 module would be: the struct ends at notify_verify,
+     * so the core must not see the policy member set below */
+    .abi_version = (1 << 16) | 0,
+    .struct_size = offsetof(gw_channel_t, notify_verify) + sizeof(void *),
+#else
     .abi_version = GW_CHANNEL_ABI_VERSION,
     .struct_size = sizeof(gw_channel_t),
+#endif
     .ctx_size = sizeof(mock_ctx_t),
     .methods = GW_METHOD_WECHAT_QR | GW_METHOD_ALIPAY_QR | GW_METHOD_BARCODE,
     .name = GW_CHANNEL_NAME, /* "mock", from the Makefile */
@@ -370,6 +389,7 @@ static const gw_channel_t mock_channel = {
     .close_parse = mock_close_parse,
     .notify_parse = mock_notify_parse,
     .notify_verify = mock_notify_verify,
+    .policy = &mock_policy,
 };
 
 GW_CHANNEL_EXPORT const gw_channel_t *gw_channel_entry(void);
