@@ -13,6 +13,7 @@
 #include "crypto.h"
 #include "metrics.h"
 #include "rows.h"
+#include "tasks.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -529,6 +530,8 @@ static void order_transition(api_req_t *a, const char *from_states, const char *
                              const gw_chan_result_t *res, after_fn after)
 {
     cJSON *p = cJSON_CreateObject();
+    cJSON_AddNumberToObject(p, "next_check_ms",
+                            gw_tasks_first_check_ms(a->app, gw_jstr(a->order, "channel"), to));
     if (res) {
         if (res->channel_trade_no[0]) cJSON_AddStringToObject(p, "channel_trade_no", res->channel_trade_no);
         if (res->raw_code[0]) cJSON_AddStringToObject(p, "channel_code", res->raw_code);
@@ -677,6 +680,7 @@ static void create_route_cb(void *udata, gw_err_t err, cJSON *j)
     cJSON_AddNumberToObject(p, "sub_merchant_id", (double)jint(j, "sub_merchant_id"));
     cJSON_AddStringToObject(p, "channel_mch_id", jstr(j, "mch_id") ? jstr(j, "mch_id") : "");
     cJSON_AddStringToObject(p, "request_hash", jstr(a->body, "__hash"));
+    cJSON_AddNumberToObject(p, "next_check_ms", gw_tasks_first_check_ms(a->app, NULL, "CREATED"));
     if (!jstr(p, "client_ip")) cJSON_AddStringToObject(p, "client_ip", a->req->peer);
     char *text = cJSON_PrintUnformatted(p);
     cJSON_Delete(p);
@@ -1024,11 +1028,18 @@ static void refund_result(api_req_t *a, gw_chanop_out_t *out)
         if (out->res.status == GW_REFUND_SUCCESS) to = "SUCCESS";
         else if (out->res.status == GW_REFUND_FAILED) to = "FAILED";
     }
-    if (to == NULL) {
-        reply_refund(a, 200); /* still PROCESSING: followed up by query */
+    if (to == NULL && !(out->err == GW_OK && out->res.status == GW_REFUND_PROCESSING && !a->sync_query)) {
+        reply_refund(a, 200); /* still PROCESSING: followed up by the tasks */
         return;
     }
     cJSON *p = cJSON_CreateObject();
+    if (to == NULL) {
+        /* the channel took the refund: from now on it is queried, not resent */
+        to = "PROCESSING";
+        cJSON_AddBoolToObject(p, "channel_ack", 1);
+        cJSON_AddNumberToObject(p, "next_check_ms",
+                                gw_tasks_first_check_ms(a->app, gw_jstr(a->order, "channel"), "REFUND"));
+    }
     if (out->res.channel_refund_no[0]) cJSON_AddStringToObject(p, "channel_refund_no", out->res.channel_refund_no);
     if (out->res.raw_code[0]) cJSON_AddStringToObject(p, "channel_code", out->res.raw_code);
     if (out->res.raw_msg[0]) cJSON_AddStringToObject(p, "channel_msg", out->res.raw_msg);
@@ -1152,6 +1163,7 @@ static void refund_authed(api_req_t *a)
     cJSON_AddStringToObject(p, "out_refund_no", orn);
     cJSON_AddNumberToObject(p, "amount", (double)amount);
     if (jstr(a->body, "reason")) cJSON_AddStringToObject(p, "reason", jstr(a->body, "reason"));
+    cJSON_AddNumberToObject(p, "next_check_ms", gw_tasks_first_check_ms(a->app, NULL, "REFUND"));
     char *text = cJSON_PrintUnformatted(p);
     cJSON_Delete(p);
     const char *v[] = { text };

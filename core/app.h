@@ -33,6 +33,7 @@ struct gw_app {
     struct gw_client *client;             /* outbound HTTP (channels, merchants) */
     struct gw_chan_registry *channels;    /* loaded channel modules */
     struct gw_merchant_cache *merchants;  /* merchant secrets, short TTL */
+    struct gw_tasks *tasks;               /* background follow-up */
     uv_signal_t sig_term, sig_int, sig_hup;
     int stopping;
     int pending_stops;

@@ -13,7 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-enum gw__cfg_type { CFG_INT, CFG_INT64, CFG_STR, CFG_OBJ, CFG_LOGLEVEL, CFG_ANYOBJ };
+enum gw__cfg_type { CFG_INT, CFG_INT64, CFG_STR, CFG_OBJ, CFG_LOGLEVEL, CFG_ANYOBJ, CFG_BOOL,
+                    CFG_DOUBLE, CFG_INTLIST };
 
 typedef struct gw__cfg_field gw__cfg_field_t;
 struct gw__cfg_field {
@@ -76,6 +77,26 @@ static const gw__cfg_field_t channels_fields[] = {
     { "settings", CFG_ANYOBJ, OFF(channels.settings), 0, 0, 0, NULL },
     END
 };
+/* CFG_INTLIST stores the count in the int that follows the 16 slots */
+_Static_assert(offsetof(gw_config_t, tasks.notify_schedule_len) ==
+                   offsetof(gw_config_t, tasks.notify_schedule_s) + 16 * sizeof(int),
+               "notify_schedule_len must follow notify_schedule_s[16]");
+
+static const gw__cfg_field_t tasks_fields[] = {
+    { "enabled", CFG_BOOL, OFF(tasks.enabled), 0, 0, 0, NULL },
+    INT("tick_ms", tasks.tick_ms, 0, 5, 60000),
+    { "time_scale", CFG_DOUBLE, OFF(tasks.time_scale), 0, 0, 1000, NULL },
+    INT("batch", tasks.batch, 0, 1, 10000),
+    INT("lease_ms", tasks.lease_ms, 0, 1000, 3600000),
+    { "notify_schedule_s", CFG_INTLIST, OFF(tasks.notify_schedule_s), 0, 0, 86400, NULL },
+    INT("notify_timeout_ms", tasks.notify_timeout_ms, 0, 100, 600000),
+    INT("notify_per_merchant", tasks.notify_per_merchant, 0, 1, 1000),
+    INT("pending_grace_s", tasks.pending_grace_s, 0, 0, 86400),
+    INT("created_grace_s", tasks.created_grace_s, 0, 0, 86400),
+    INT("backoff_max_s", tasks.backoff_max_s, 0, 1, 86400),
+    STR("node_id", tasks.node_id, 0),
+    END
+};
 static const gw__cfg_field_t api_fields[] = {
     I64("max_amount", api.max_amount, 0, 1, INT64_C(100000000000)),
     INT("timestamp_skew_s", api.timestamp_skew_s, 0, 1, 86400),
@@ -91,6 +112,7 @@ static const gw__cfg_field_t root_fields[] = {
     OBJ("redis", redis_fields, 0),
     OBJ("channels", channels_fields, 1),
     OBJ("api", api_fields, 0),
+    OBJ("tasks", tasks_fields, 0),
     END
 };
 
@@ -114,6 +136,19 @@ static void gw__cfg_defaults(gw_config_t *c)
     c->channels.call_timeout_ms = 10000;
     c->api.max_amount = INT64_C(100000000); /* 1 000 000.00 yuan */
     c->api.timestamp_skew_s = 300;
+    c->tasks.enabled = 1;
+    c->tasks.tick_ms = 200;
+    c->tasks.time_scale = 1.0;
+    c->tasks.batch = 100;
+    c->tasks.lease_ms = 60000;
+    static const int schedule[] = { 0, 15, 15, 30, 180, 1800, 1800, 1800, 1800, 3600 };
+    memcpy(c->tasks.notify_schedule_s, schedule, sizeof(schedule));
+    c->tasks.notify_schedule_len = (int)GW_ARRAY_SIZE(schedule);
+    c->tasks.notify_timeout_ms = 5000;
+    c->tasks.notify_per_merchant = 4;
+    c->tasks.pending_grace_s = 60;
+    c->tasks.created_grace_s = 30;
+    c->tasks.backoff_max_s = 600;
 }
 
 static const char *gw__cfg_typename(enum gw__cfg_type t)
@@ -123,6 +158,9 @@ static const char *gw__cfg_typename(enum gw__cfg_type t)
     case CFG_INT64: return "an integer";
     case CFG_STR: return "a string";
     case CFG_LOGLEVEL: return "one of emerg, alert, crit, error, warn, notice, info, debug";
+    case CFG_BOOL: return "true or false";
+    case CFG_DOUBLE: return "a number";
+    case CFG_INTLIST: return "an array of 1-16 integers";
     default: return "an object";
     }
 }
@@ -166,6 +204,33 @@ static gw_err_t gw__cfg_walk(const cJSON *obj, const gw__cfg_field_t *fields, co
             free(*(char **)base);
             *(char **)base = gw_xstrdup(item->valuestring);
             break;
+        case CFG_BOOL:
+            if (!cJSON_IsBool(item)) goto type_error;
+            *(int *)base = cJSON_IsTrue(item);
+            break;
+        case CFG_DOUBLE:
+            if (!cJSON_IsNumber(item) || item->valuedouble <= 0 || item->valuedouble > (double)f->max)
+                goto type_error;
+            *(double *)base = item->valuedouble;
+            break;
+        case CFG_INTLIST: {
+            /* the length lives in the int right after the 16-slot array */
+            int n = cJSON_GetArraySize(item);
+            if (!cJSON_IsArray(item) || n < 1 || n > 16) goto type_error;
+            int *arr = (int *)base;
+            for (int i = 0; i < n; i++) {
+                const cJSON *e = cJSON_GetArrayItem(item, i);
+                if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int)e->valuedouble ||
+                    e->valuedouble < (double)f->min || e->valuedouble > (double)f->max) {
+                    snprintf(err, errlen, "%s[%d]: must be an integer in [%lld, %lld]", path, i,
+                             (long long)f->min, (long long)f->max);
+                    return GW_EINVAL;
+                }
+                arr[i] = (int)e->valuedouble;
+            }
+            arr[16] = n;
+            break;
+        }
         case CFG_LOGLEVEL: {
             int lvl = cJSON_IsString(item) ? gw_log_level_parse(item->valuestring) : -1;
             if (lvl < 0) goto type_error;
@@ -268,6 +333,7 @@ void gw_config_free(gw_config_t *c)
     free(c->redis.password);
     free(c->channels.dir);
     free(c->channels.notify_base_url);
+    free(c->tasks.node_id);
     cJSON_Delete(c->channels.settings);
     memset(c, 0, sizeof(*c));
 }

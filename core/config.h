@@ -48,6 +48,21 @@ typedef struct gw_config {
         cJSON *settings; /* object: channel name -> its settings object (owned) */
     } channels;
     struct {
+        int enabled;               /* 0: this node runs no background tasks */
+        int tick_ms;               /* how often due work is claimed */
+        double time_scale;         /* multiplies every schedule delay (tests: 0.01) */
+        int batch;                 /* rows claimed per kind per tick */
+        int lease_ms;              /* a claimed row is this node's for so long */
+        int notify_schedule_s[16]; /* merchant notification attempts, from the first */
+        int notify_schedule_len;
+        int notify_timeout_ms;     /* one delivery attempt */
+        int notify_per_merchant;   /* deliveries in flight per merchant */
+        int pending_grace_s;       /* first re-query of a c-to-b order without notification */
+        int created_grace_s;       /* an order still CREATED this long is settled by query */
+        int backoff_max_s;         /* cap of the re-query backoff */
+        char *node_id;             /* lease owner name; default host:pid */
+    } tasks;
+    struct {
         int64_t max_amount;        /* fen, per order */
         int timestamp_skew_s;      /* merchant request timestamps */
     } api;

@@ -11,6 +11,7 @@
 #include "client.h"
 #include "host.h"
 #include "metrics.h"
+#include "tasks.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -79,14 +80,12 @@ static void on_component_closed(void *udata)
     uv_close((uv_handle_t *)&app->sig_hup, on_closed_handle);
 }
 
-static void on_listener_stopped(void *udata)
+static void on_tasks_stopped(void *udata)
 {
     gw_app_t *app = udata;
-    if (--app->pending_stops > 0) return;
-    /* no request is in flight any more: storage can go */
-    gw_log(GW_LOG_NOTICE, "listeners drained; closing storage");
-    app->http = app->admin = NULL;
-    app->pending_stops = 2;
+    app->tasks = NULL;
+    /* no request and no task is in flight any more: storage can go */
+    gw_log(GW_LOG_NOTICE, "listeners and tasks drained; closing storage");
     app->pending_stops = 3;
     gw_pg_close(app->pg, on_component_closed, app);
     gw_redis_close(app->redis, on_component_closed, app);
@@ -94,6 +93,14 @@ static void on_listener_stopped(void *udata)
     app->pg = NULL;
     app->redis = NULL;
     app->client = NULL;
+}
+
+static void on_listener_stopped(void *udata)
+{
+    gw_app_t *app = udata;
+    if (--app->pending_stops > 0) return;
+    app->http = app->admin = NULL;
+    gw_tasks_stop(app->tasks, on_tasks_stopped, app);
 }
 
 static void app_stop(gw_app_t *app, const char *why)
@@ -145,6 +152,7 @@ static int run(gw_app_t *app)
                         .query_timeout_ms = cfg->pg.query_timeout_ms };
     app->pg = gw_pg_new(app->loop, &po);
     gw_api_init(app);
+    app->tasks = gw_tasks_new(app);
     gw_pg_start(app->pg);
 
     gw_client_opts_t co = { 0 };
@@ -185,6 +193,7 @@ static int run(gw_app_t *app)
     uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
 
     if (cfg->pid_file && write_pid_file(cfg->pid_file) != 0) return 1;
+    gw_tasks_start(app->tasks);
     gw_log(GW_LOG_NOTICE, "paygated %s started (pid %d)", GW_VERSION, (int)getpid());
 
     uv_run(app->loop, UV_RUN_DEFAULT);

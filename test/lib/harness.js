@@ -262,35 +262,54 @@ async function startPaygated(opts = {}) {
   proc.stderr.on('data', (d) => { stderr += d; if (process.env.PAYGATE_TEST_VERBOSE) process.stderr.write(d); });
   proc.stdout.on('data', (d) => { stdout += d; });
   let exitInfo = null;
-  const exited = new Promise((resolve) => {
-    proc.on('exit', (code, signal) => {
+  // 'close': the process has exited and its stdout/stderr are drained (an
+  // ASan report written at exit is in logs() by then)
+  const exitedP = new Promise((resolve) => {
+    proc.on('close', (code, signal) => {
       exitInfo = { code, signal };
       liveProcs.delete(proc);
       resolve(exitInfo);
     });
   });
   proc.on('error', (e) => { stderr += `\n[spawn error] ${e.message}`; });
+  // A daemon a test forgot to stop must not keep the test file's process
+  // alive (the exit hook kills it): unreferenced, except while awaited.
+  const setRef = (on) => {
+    for (const h of [proc, proc.stdout, proc.stderr]) {
+      try { if (on) h.ref(); else h.unref(); } catch (_) { /* closed */ }
+    }
+  };
+  setRef(false);
+  const exited = () => {
+    if (exitInfo) return Promise.resolve(exitInfo);
+    setRef(true);
+    return exitedP;
+  };
 
   const gw = {
     port, adminPort, url: `http://127.0.0.1:${port}`, adminUrl: `http://127.0.0.1:${adminPort}`,
     adminToken: cfg.admin && cfg.admin.token, config: cfg, configFile, binary, proc,
     logs: () => stderr,
     stdout: () => stdout,
-    exited,
+    /* Promise of {code, signal} once the process has exited. */
+    get exited() { return exited(); },
     get exitInfo() { return exitInfo; },
     async stop(signal = 'SIGTERM', waitMs = 30000) {
       if (exitInfo) return exitInfo;
       try { proc.kill(signal); } catch (_) { /* gone */ }
       let t;
       const timer = new Promise((resolve) => { t = setTimeout(resolve, waitMs, null); });
-      const r = await Promise.race([exited, timer]);
+      const r = await Promise.race([exited(), timer]);
       clearTimeout(t);
       if (r) return r;
       proc.kill('SIGKILL');
-      await exited;
+      await exited();
       throw new Error(`paygated did not exit within ${waitMs} ms after ${signal}\n--- stderr\n${stderr}`);
     },
-    kill() { try { proc.kill('SIGKILL'); } catch (_) { /* gone */ } return exited; },
+    kill() {
+      if (!exitInfo) { try { proc.kill('SIGKILL'); } catch (_) { /* gone */ } }
+      return exited();
+    },
   };
 
   const deadline = Date.now() + timeoutMs;
