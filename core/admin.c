@@ -10,6 +10,8 @@
  *   GET  /admin/channels                    loaded channel modules
  *   POST /admin/channels/reload             the same as SIGHUP
  *   GET  /admin/orders/{trade_no}           an order with its events
+ *   GET  /admin/notifications?status=FAILED merchant notifications by state
+ *   POST /admin/notifications/{id}/resend   deliver once more
  */
 #include "api.h"
 #include "channel.h"
@@ -193,6 +195,44 @@ static void get_order(gw_app_t *app, gw_http_req_t *req, gw_str_t trade_no)
              1, v);
 }
 
+static void get_notifications(gw_app_t *app, gw_http_req_t *req)
+{
+    static const char *const states[] = { "PENDING", "DELIVERED", "FAILED" };
+    const char *st = "FAILED";
+    for (size_t i = 0; i < GW_ARRAY_SIZE(states); i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "status=%s", states[i]);
+        if (req->query.len >= strlen(want) && memmem(req->query.ptr, req->query.len, want, strlen(want)))
+            st = states[i];
+    }
+    const char *v[] = { st };
+    adm_exec(app, req, "notifications",
+             "SELECT COALESCE(jsonb_agg(jsonb_build_object('id', n.id, 'merchant_id', n.merchant_id, "
+             "'trade_no', o.trade_no, 'event', n.event, 'url', n.url, 'status', n.status, "
+             "'attempts', n.attempts, 'last_http_status', n.last_http_status, 'last_error', n.last_error, "
+             "'next_at', n.next_at, 'created_at', n.created_at) ORDER BY n.id), '[]'::jsonb) "
+             "FROM (SELECT * FROM merchant_notifications WHERE status = $1 ORDER BY id DESC LIMIT 500) n "
+             "JOIN orders o ON o.id = n.order_id",
+             1, v);
+}
+
+static void post_resend(gw_app_t *app, gw_http_req_t *req, gw_str_t id)
+{
+    char idb[24];
+    for (size_t i = 0; i < id.len; i++)
+        if (id.ptr[i] < '0' || id.ptr[i] > '9' || id.len > 18) {
+            gw_http_respond_error(req, 404, "not_found", "no such notification");
+            return;
+        }
+    snprintf(idb, sizeof(idb), "%.*s", (int)id.len, id.ptr);
+    const char *v[] = { idb };
+    adm_exec(app, req, "notification",
+             "UPDATE merchant_notifications SET status = 'PENDING', next_at = now(), "
+             "lease_owner = NULL, lease_until = NULL WHERE id = $1::bigint "
+             "RETURNING jsonb_build_object('id', id, 'status', status, 'attempts', attempts)",
+             1, v);
+}
+
 static void get_channels(gw_app_t *app, gw_http_req_t *req)
 {
     cJSON *j = cJSON_CreateObject();
@@ -258,6 +298,16 @@ void gw_admin_dispatch(gw_app_t *app, gw_http_req_t *req)
     if (n == 3 && gw_str_eq(seg[1], "channels") && gw_str_eq(seg[2], "reload")) {
         req->route = "admin:channels/reload";
         if (post) return post_reload(app, req);
+        goto not_allowed;
+    }
+    if (n == 2 && gw_str_eq(seg[1], "notifications")) {
+        req->route = "admin:notifications";
+        if (get) return get_notifications(app, req);
+        goto not_allowed;
+    }
+    if (n == 4 && gw_str_eq(seg[1], "notifications") && gw_str_eq(seg[3], "resend")) {
+        req->route = "admin:notifications/resend";
+        if (post) return post_resend(app, req, seg[2]);
         goto not_allowed;
     }
     if (n == 3 && gw_str_eq(seg[1], "orders")) {

@@ -788,8 +788,9 @@ static void create_authed(api_req_t *a)
     const cJSON *ex = cJSON_GetObjectItemCaseSensitive(b, "expire_s");
     if (ex) {
         int64_t e;
-        if (!json_int_ok(ex, &e) || e < 60 || e > 86400) {
-            api_error(a, 400, "invalid_request", "expire_s must be an integer from 60 to 86400");
+        if (!json_int_ok(ex, &e) || e < a->app->cfg.api.min_expire_s || e > 86400) {
+            api_error(a, 400, "invalid_request", "expire_s must be an integer from %d to 86400",
+                      a->app->cfg.api.min_expire_s);
             return;
         }
     }

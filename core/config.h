@@ -65,6 +65,7 @@ typedef struct gw_config {
     struct {
         int64_t max_amount;        /* fen, per order */
         int timestamp_skew_s;      /* merchant request timestamps */
+        int min_expire_s;          /* smallest expire_s a merchant may ask for */
     } api;
 } gw_config_t;
 

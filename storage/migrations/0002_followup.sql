@@ -37,6 +37,7 @@ CREATE TABLE merchant_notifications (
     lease_until     timestamptz,
     last_http_status int,
     last_error      text,
+    delivered_by    text,                   -- the node whose attempt succeeded
     created_at      timestamptz NOT NULL DEFAULT now(),
     delivered_at    timestamptz
 );
@@ -294,6 +295,7 @@ LANGUAGE sql AS $$
         attempts = attempts + 1,
         status = CASE WHEN p_delivered THEN 'DELIVERED' WHEN p_next_ms IS NULL THEN 'FAILED' ELSE 'PENDING' END,
         delivered_at = CASE WHEN p_delivered THEN now() ELSE NULL END,
+        delivered_by = CASE WHEN p_delivered THEN p_owner ELSE NULL END,
         next_at = CASE WHEN p_next_ms IS NULL THEN next_at
                        ELSE now() + make_interval(secs => p_next_ms::float8 / 1000) END,
         last_http_status = p_http_status,
