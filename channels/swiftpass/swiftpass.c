@@ -1,6 +1,7 @@
 /*
  * swiftpass.c — the Swiftpass (威富通) channel module.
  *
+ * Channel ABI 1.1 (fills the 1.1 policy).
  * Protocol: /work/shared/PROTOCOLS.md §A (flat UTF-8 XML over POST, MD5 or
  * RSA_1_256 / RSA_1_1 signatures, `status` = communication flag,
  * `result_code` = business flag).  Behaviour, settings and the status
@@ -775,9 +776,13 @@ static gw_err_t sp_pay_parse(const gw_chan_call_t *call, const gw_chan_response_
         rc = sp_pay_data(h, kv, o->method, &res->pay_data);
         if (rc == GW_OK) {
             res->status = GW_PAY_PENDING;
-        } else if (rc == GW_EPARSE) {
-            rc = GW_OK;
-            sp_untrust(res, GW_PAY_UNKNOWN, "paygate: created, but without the payment parameters");
+        } else {
+            /* never hand out half a pay_data; the order exists: query it */
+            h->buf_reset(&res->pay_data);
+            sp_untrust(res, GW_PAY_UNKNOWN, rc == GW_EPARSE
+                                                ? "paygate: created, but without the payment parameters"
+                                                : "paygate: payment parameters too large");
+            if (rc != GW_ENOMEM) rc = GW_OK;
         }
     } else {
         res->status = sp_err_ambiguous(ec) ? GW_PAY_UNKNOWN : GW_PAY_FAILED;
@@ -1072,6 +1077,21 @@ out:
 
 /* ------------------------------------------------------------------ */
 
+/* Timing rules the core's follow-up tasks obey (ABI 1.1; 0 = core default).
+ * b-to-c: the pay.swiftpass.cn integration in PROTOCOLS.md §A.4 queries 6
+ * times at 5 s intervals before unified.micropay.reverse; the platform
+ * refuses unified.trade.close within 5 minutes of the order's creation
+ * ("订单生成后5分钟内不能关单").  No documented rule for the reverse's
+ * minimum age or the first refund query: core defaults. */
+static const gw_chan_policy_t sp_policy = {
+    .struct_size = sizeof(gw_chan_policy_t),
+    .poll_interval_ms = 5000,
+    .poll_deadline_ms = 30000,
+    .reverse_min_age_ms = 0,
+    .close_min_age_ms = 5 * 60 * 1000,
+    .refund_query_delay_ms = 0,
+};
+
 static const gw_channel_t sp_channel = {
     .abi_version = GW_CHANNEL_ABI_VERSION,
     .struct_size = sizeof(gw_channel_t),
@@ -1093,6 +1113,8 @@ static const gw_channel_t sp_channel = {
     .close_parse = sp_close_parse,
     .notify_parse = sp_notify_parse,
     .notify_verify = sp_notify_verify,
+    /* added in 1.1 */
+    .policy = &sp_policy,
 };
 
 GW_CHANNEL_EXPORT const gw_channel_t *gw_channel_entry(void);

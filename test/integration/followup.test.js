@@ -140,6 +140,7 @@ test('merchant notification: never answered success → FAILED after the schedul
     await m.close();
     assert.equal((await gw3.stop()).code, 0);
     gw = await h.startPaygated({ services, config: gwConfig() });
+    shop.call = pg.merchantClient(gw, shop.merchant, shop.secret);
   }
 });
 
@@ -188,6 +189,8 @@ test('refund PROCESSING becomes SUCCESS by itself', async () => {
 });
 
 test('an expired unpaid order is closed, and not before the channel\'s minimum age', async () => {
+  // the simulator forgets time_expire, so paygate itself must close the order
+  await sim.ctl('POST', '/_sim/settings', { expire_orders: false });
   const r = await shop.call('POST', '/v1/orders', { shop_id: 's1', out_trade_no: otn('E'), amount: 100, subject: 'Tea', method: 'wechat_qr', expire_s: 1 });
   assert.equal(r.json.status, 'PENDING');
   const created = Date.parse(r.json.created_at);
@@ -199,6 +202,7 @@ test('an expired unpaid order is closed, and not before the channel\'s minimum a
   for (const c of closes) assert.ok(Date.parse(c.at) - created >= 3000 * 0.95, `close after ${Date.parse(c.at) - created} ms`);
   assert.ok(closes.every((c) => c.response.result_code === '0'), 'no close was refused as too early');
   assert.equal(o.events.at(-1).to_status, 'CLOSED');
+  await sim.ctl('POST', '/_sim/settings', { expire_orders: true });
 });
 
 test('two paygated processes share the work: every notification delivered exactly once', async () => {
@@ -234,6 +238,7 @@ test('a restart in the middle of the schedule continues it', async () => {
     const before = m.hits.filter((x) => x.trade === r.json.trade_no).length;
     fail = false;
     gw = await h.startPaygated({ services, config: gwConfig() });
+    shop.call = pg.merchantClient(gw, shop.merchant, shop.secret);
     await h.waitFor(() => psql(`SELECT n.status FROM merchant_notifications n JOIN orders o ON o.id = n.order_id WHERE o.trade_no = '${r.json.trade_no}'`) === 'DELIVERED', 20000);
     const attempts = Number(psql(`SELECT attempts FROM merchant_notifications n JOIN orders o ON o.id = n.order_id WHERE o.trade_no = '${r.json.trade_no}'`));
     assert.equal(attempts, m.hits.filter((x) => x.trade === r.json.trade_no).length, 'every attempt counted across the restart');

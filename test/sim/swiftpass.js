@@ -309,6 +309,7 @@ const settings = {
   refund_delay_s: opts.refundDelay != null ? opts.refundDelay : 3,
   notify_schedule_s: NOTIFY_SCHEDULE_S.slice(),
   notify_timeout_ms: NOTIFY_TIMEOUT_MS,
+  expire_orders: true, // false: ignore time_expire (the gateway must close expired orders itself)
 };
 const scaled = (seconds) => seconds * 1000 * settings.time_scale;
 
@@ -417,6 +418,9 @@ function applySettings(s, { fromConfig } = {}) {
       case 'notify_timeout_ms':
         if (!(typeof v === 'number' && v > 0)) throw new Error('notify_timeout_ms must be > 0');
         next.notify_timeout_ms = v; break;
+      case 'expire_orders':
+        if (typeof v !== 'boolean') throw new Error('expire_orders must be true or false');
+        next.expire_orders = v; break;
       default: throw new Error(`unknown setting ${k}`);
     }
   }
@@ -516,7 +520,7 @@ function newTransactionId(mch_id) {
 function walletOf(tradeType) { return tradeType && tradeType.startsWith('pay.alipay.') ? 'alipay' : 'weixin'; }
 
 function refresh(o, now = Date.now()) {
-  if (o.state === 'NOTPAY' && o.expire_at != null && now >= o.expire_at) {
+  if (settings.expire_orders && o.state === 'NOTPAY' && o.expire_at != null && now >= o.expire_at) {
     o.state = 'CLOSED'; o.closed_at = o.expire_at; o.close_reason = 'time_expire';
   }
   for (const r of o.refunds) {

@@ -610,6 +610,14 @@ static void t_vtable(void **state)
     assert_non_null(CH->refund); assert_non_null(CH->refund_parse);
     assert_non_null(CH->close); assert_non_null(CH->close_parse);
     assert_non_null(CH->notify_parse); assert_non_null(CH->notify_verify);
+    /* 1.1: Swiftpass's timing rules (docs/channels/swiftpass.md) */
+    assert_non_null(CH->policy);
+    assert_int_equal(CH->policy->struct_size, sizeof(gw_chan_policy_t));
+    assert_int_equal(CH->policy->poll_interval_ms, 5000);
+    assert_int_equal(CH->policy->poll_deadline_ms, 30000);
+    assert_int_equal(CH->policy->close_min_age_ms, 300000);
+    assert_int_equal(CH->policy->reverse_min_age_ms, 0);
+    assert_int_equal(CH->policy->refund_query_delay_ms, 0);
 }
 
 /* The .so exports exactly one function and has no writable data of its own
@@ -1127,6 +1135,8 @@ static void t_micropay_statuses(void **state)
         { { { "result_code", "1" }, { "err_code", "SYSTEMERROR" }, { "need_query", "N" }, END }, GW_PAY_UNKNOWN },
         { { { "result_code", "1" }, { "err_code", "ORDERPAID" }, { "need_query", "N" }, END }, GW_PAY_UNKNOWN },
         { { { "result_code", "0" }, { "pay_result", "1" }, END }, GW_PAY_UNKNOWN },
+        /* need_query absent: only need_query=N makes a failure definite */
+        { { { "result_code", "1" }, { "err_code", "AUTHCODEEXPIRE" }, END }, GW_PAY_UNKNOWN },
         /* definite failure */
         { { { "result_code", "1" }, { "err_code", "AUTHCODEEXPIRE" }, { "err_msg", "二维码已过期" },
             { "need_query", "N" }, END }, GW_PAY_FAILED },
@@ -1144,7 +1154,7 @@ static void t_micropay_statuses(void **state)
             assert_string_equal(res.raw_code, "SUCCESS");
         }
         if (i == 1) assert_string_equal(res.raw_code, "USERPAYING");
-        if (i == 9) {
+        if (i == 10) {
             assert_string_equal(res.raw_code, "AUTHCODEEXPIRE");
             assert_string_equal(res.raw_msg, "二维码已过期");
         }
