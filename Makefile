@@ -102,16 +102,20 @@ SHOBJ_LDFLAGS := -shared -Wl,-z,defs -Wl,--no-undefined
 .SECONDEXPANSION:
 build/rel/channels/%.so: $$(wildcard channels/%/*.c) channels/gw_channel.h
 	@mkdir -p $(@D)
-	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) $(SHOBJ_CFLAGS) -DGW_CHANNEL_NAME='"$*"' \
+	@echo "  SO      $@"
+	@$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) $(SHOBJ_CFLAGS) -DGW_CHANNEL_NAME='"$*"' \
 	  $(SHOBJ_LDFLAGS) -o $@ $(filter %.c,$^) -lc
 build/asan/channels/%.so: $$(wildcard channels/%/*.c) channels/gw_channel.h
 	@mkdir -p $(@D)
-	$(CC) -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) $(SHOBJ_CFLAGS) -DGW_CHANNEL_NAME='"$*"' \
+	@echo "  SO/asan $@"
+	@$(CC) -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	  -fno-sanitize-recover=undefined $(WARN) $(SHOBJ_CFLAGS) -DGW_CHANNEL_NAME='"$*"' \
 	  -shared -o $@ $(filter %.c,$^)
 
 build/test-channels/%.so: $$(wildcard test/channels/%/*.c) channels/gw_channel.h test/channels/bad_common.h
 	@mkdir -p $(@D)
-	$(CC) -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) $(SHOBJ_CFLAGS) -DGW_CHANNEL_NAME='"$*"' \
+	@echo "  SO/test $@"
+	@$(CC) -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) $(SHOBJ_CFLAGS) -DGW_CHANNEL_NAME='"$*"' \
 	  -shared -o $@ $(filter %.c,$^)
 
 # ---- unit tests (cmocka, ASan+UBSan) ----

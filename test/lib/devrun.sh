@@ -37,10 +37,37 @@ say() { echo "devrun: $*" >&2; }
 #   PIDS+=($!)
 # config/dev.json's channels.settings must point each channel at its
 # simulator.  Nothing to start yet.
+SWIFTPASS_SIM_PORT=18001
 start_simulators() {
   mkdir -p "$VAR/log"
   # --- channel simulators go here ---
-  :
+  say "starting the Swiftpass simulator on http://127.0.0.1:$SWIFTPASS_SIM_PORT (log: $VAR/log/sim-swiftpass.log)"
+  node test/sim/swiftpass.js --port "$SWIFTPASS_SIM_PORT" --config config/sim/swiftpass.json \
+    > "$VAR/log/sim-swiftpass.log" 2>&1 &
+  PIDS+=($!)
+}
+
+# The sandbox's demo merchant (m1, secret "0123456789abcdef0123"), shop s1
+# and its Swiftpass sub-merchants, bound for every payment method.  PUTs and
+# upserts: a second `make run` changes nothing.
+seed_sandbox() {
+  local i adm="http://127.0.0.1:8081" auth="Authorization: Bearer dev-admin-token"
+  for i in $(seq 1 100); do curl -sf "$adm/healthz" -H "$auth" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -sf -X PUT "$adm/admin/merchants/m1" -H "$auth" \
+    -d '{"name":"Demo Tea House","secret":"0123456789abcdef0123"}' >/dev/null || { say "seeding failed"; return 0; }
+  curl -sf -X PUT "$adm/admin/shops/s1" -H "$auth" -d '{"merchant_id":"m1","name":"Demo Tea House, West Lake"}' >/dev/null
+  local ids="" mch id
+  for mch in 755437000006 755437000007 755437000008; do
+    id=$(curl -sf -X POST "$adm/admin/sub-merchants" -H "$auth" \
+      -d "{\"channel\":\"swiftpass\",\"mch_id\":\"$mch\",\"key\":\"sandbox-md5-key-$mch\"}" |
+      sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+    ids="$ids${ids:+,}$id"
+  done
+  for m in wechat_qr wechat_jsapi alipay_qr alipay_jsapi barcode; do
+    curl -sf -X PUT "$adm/admin/shops/s1/bindings/$m" -H "$auth" \
+      -d "[{\"channel\":\"swiftpass\",\"sub_merchant_ids\":[$ids]}]" >/dev/null
+  done
+  say "sandbox ready: merchant m1 (secret 0123456789abcdef0123), shop s1, Swiftpass sub-merchants $ids"
 }
 
 # ---------------------------------------------------------------- teardown
@@ -90,6 +117,7 @@ say "starting paygated: http://127.0.0.1:8080 (admin :8081) — Ctrl-C to stop"
 "$BIN" -c "$CONFIG" &
 DAEMON_PID=$!
 PIDS+=("$DAEMON_PID")
+seed_sandbox
 set +e
 wait "$DAEMON_PID"
 rc=$?
