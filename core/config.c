@@ -67,6 +67,8 @@ static const gw__cfg_field_t redis_fields[] = {
     STR("password", redis.password, 0),
     INT("db", redis.db, 0, 0, 1024),
     INT("command_timeout_ms", redis.command_timeout_ms, 0, 1, 600000),
+    STR("sentinels", redis.sentinels, 0),
+    STR("master_name", redis.master_name, 0),
     END
 };
 static const gw__cfg_field_t channels_fields[] = {
@@ -291,6 +293,13 @@ gw_err_t gw_config_parse(const char *text, size_t len, gw_config_t *cfg, char *e
     if (!cfg->listen_host) cfg->listen_host = gw_xstrdup("127.0.0.1");
     if (!cfg->admin_host) cfg->admin_host = gw_xstrdup("127.0.0.1");
     if (!cfg->redis.host) cfg->redis.host = gw_xstrdup("127.0.0.1");
+    if ((cfg->redis.sentinels == NULL) != (cfg->redis.master_name == NULL)) {
+        snprintf(err, errlen, "redis.%s: required with redis.%s",
+                 cfg->redis.sentinels ? "master_name" : "sentinels",
+                 cfg->redis.sentinels ? "sentinels" : "master_name");
+        rc = GW_EINVAL;
+        goto out;
+    }
     if (!cfg->channels.settings) cfg->channels.settings = cJSON_CreateObject();
 out:
     cJSON_Delete(root);
@@ -333,6 +342,8 @@ void gw_config_free(gw_config_t *c)
     free(c->pg.conninfo);
     free(c->redis.host);
     free(c->redis.password);
+    free(c->redis.sentinels);
+    free(c->redis.master_name);
     free(c->channels.dir);
     free(c->channels.notify_base_url);
     free(c->tasks.node_id);

@@ -39,6 +39,10 @@ typedef struct gw_config {
         char *password;
         int db;
         int command_timeout_ms;
+        /* Sentinel: when sentinels are given, host/port are ignored and the
+         * master of master_name is discovered (and followed on failover) */
+        char *sentinels;      /* "host:port,host:port,…" */
+        char *master_name;
     } redis;
     struct {
         char *dir;

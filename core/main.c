@@ -166,7 +166,9 @@ static int run(gw_app_t *app)
                            .port = cfg->redis.port,
                            .password = cfg->redis.password,
                            .db = cfg->redis.db,
-                           .command_timeout_ms = cfg->redis.command_timeout_ms };
+                           .command_timeout_ms = cfg->redis.command_timeout_ms,
+                           .sentinels = cfg->redis.sentinels,
+                           .master_name = cfg->redis.master_name };
     app->redis = gw_redis_new(app->loop, &ro);
     gw_redis_start(app->redis);
 

@@ -22,6 +22,12 @@ typedef struct gw_redis_opts {
     int command_timeout_ms;  /* default 1000: a command not answered by then
                                 completes with GW_ETIMEDOUT and the connection
                                 is dropped and re-established */
+    /* Sentinel (optional): "host:port,host:port" and the master's name.
+     * When set, host/port are ignored: the master is asked of the sentinels
+     * (SENTINEL get-master-addr-by-name), checked with ROLE, and asked again
+     * after every disconnect, so a failover is followed. */
+    const char *sentinels;
+    const char *master_name;
 } gw_redis_opts_t;
 
 /* err GW_OK with reply (which may be a REDIS_REPLY_ERROR reply: check
