@@ -7,7 +7,9 @@
  *   POST /admin/sub-merchants               {channel, mch_id, app_id?, key?, private_key?,
  *                                            public_key?, extra?} → {id}
  *   PUT  /admin/shops/{id}/bindings/{method} [{channel, sub_merchant_ids:[…]}, …]
- *   GET  /admin/channels                    loaded channel modules
+ *   PUT  /admin/shops/{id}/rates/{channel}  {current_ppm, future_ppm?, future_from?}
+ *   PUT  /admin/shops/{id}/cashback/{method} {ppm}
+ *   GET  /admin/channels                    loaded channel modules, breaker, calls in flight
  *   POST /admin/channels/reload             the same as SIGHUP
  *   GET  /admin/orders/{trade_no}           an order with its events
  *   GET  /admin/notifications?status=FAILED merchant notifications by state
@@ -15,6 +17,7 @@
  */
 #include "api.h"
 #include "channel.h"
+#include "health.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -25,7 +28,29 @@ typedef struct adm {
     gw_app_t *app;
     gw_http_req_t *req;
     const char *what;
+    char shop[40]; /* routing cache of this shop to drop on success */
 } adm_t;
+
+/* Drops the cached routing documents named: the shop's, and those of every
+ * shop listed in result.shops (a sub-merchant's change touches those). */
+static void invalidate(adm_t *a, const cJSON *result)
+{
+    char key[96];
+    if (a->shop[0]) {
+        snprintf(key, sizeof(key), "gw:shop:%s", a->shop);
+        const char *argv[] = { "DEL", key };
+        gw_redis_cmdargv(a->app->redis, NULL, NULL, 2, argv, NULL);
+    }
+    const cJSON *shops = cJSON_GetObjectItemCaseSensitive(result, "shops"), *it;
+    cJSON_ArrayForEach(it, shops) {
+        if (!cJSON_IsString(it)) continue;
+        snprintf(key, sizeof(key), "gw:shop:%s", it->valuestring);
+        const char *argv[] = { "DEL", key };
+        gw_redis_cmdargv(a->app->redis, NULL, NULL, 2, argv, NULL);
+    }
+    const cJSON *sub = cJSON_GetObjectItemCaseSensitive(result, "sub_merchant_id");
+    if (cJSON_IsNumber(sub)) gw_subcache_forget(a->app, (int64_t)sub->valuedouble);
+}
 
 static int id_ok(gw_str_t s)
 {
@@ -43,8 +68,13 @@ static void adm_pg_cb(void *udata, gw_err_t err, PGresult *res)
         cJSON_AddBoolToObject(j, "ok", 1);
         if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0)) {
             cJSON *v = cJSON_Parse(PQgetvalue(res, 0, 0));
-            if (v) cJSON_AddItemToObject(j, "result", v);
-        }
+            if (v) {
+                invalidate(a, v);
+                cJSON_DeleteItemFromObjectCaseSensitive(v, "shops");
+                cJSON_DeleteItemFromObjectCaseSensitive(v, "sub_merchant_id");
+                cJSON_AddItemToObject(j, "result", v);
+            }
+        } else invalidate(a, NULL);
         gw_respond_json(a->req, 200, j);
     } else if (err == GW_ECONFLICT) {
         gw_http_respond_error(a->req, 409, "conflict", "conflicts with an existing record");
@@ -60,8 +90,16 @@ static void adm_pg_cb(void *udata, gw_err_t err, PGresult *res)
     free(a);
 }
 
+static void adm_exec_shop(gw_app_t *app, gw_http_req_t *req, const char *what, const char *shop,
+                          const char *sql, int n, const char *const *vals);
 static void adm_exec(gw_app_t *app, gw_http_req_t *req, const char *what, const char *sql, int n,
                      const char *const *vals)
+{
+    adm_exec_shop(app, req, what, NULL, sql, n, vals);
+}
+
+static void adm_exec_shop(gw_app_t *app, gw_http_req_t *req, const char *what, const char *shop,
+                          const char *sql, int n, const char *const *vals)
 {
     adm_t *a = calloc(1, sizeof(*a));
     if (a == NULL) {
@@ -71,6 +109,7 @@ static void adm_exec(gw_app_t *app, gw_http_req_t *req, const char *what, const 
     a->app = app;
     a->req = req;
     a->what = what;
+    if (shop) snprintf(a->shop, sizeof(a->shop), "%s", shop);
     gw_err_t rc = gw_pg_exec_sql(app->pg, sql, n, vals, adm_pg_cb, a);
     if (rc != GW_OK) {
         free(a);
@@ -130,7 +169,7 @@ static void put_shop(gw_app_t *app, gw_http_req_t *req, gw_str_t id)
     char idb[40];
     snprintf(idb, sizeof(idb), "%.*s", (int)id.len, id.ptr);
     const char *v[] = { idb, mid, name };
-    adm_exec(app, req, "shop",
+    adm_exec_shop(app, req, "shop", idb,
              "INSERT INTO shops (id, merchant_id, name) VALUES ($1, $2, $3) "
              "ON CONFLICT (id) DO UPDATE SET name = $3, updated_at = now() "
              "WHERE shops.merchant_id = $2 RETURNING jsonb_build_object('id', id)",
@@ -157,7 +196,9 @@ static void post_sub_merchant(gw_app_t *app, gw_http_req_t *req)
              "INSERT INTO sub_merchants (channel, mch_id, app_id, key, private_key, public_key, extra) "
              "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT (channel, mch_id) DO UPDATE SET "
              "app_id = $3, key = $4, private_key = $5, public_key = $6, extra = $7::jsonb, updated_at = now() "
-             "RETURNING jsonb_build_object('id', id)",
+             "RETURNING jsonb_build_object('id', id, 'sub_merchant_id', id, 'shops', "
+             "(SELECT COALESCE(jsonb_agg(DISTINCT shop_id), '[]'::jsonb) FROM binding_sub_merchants "
+             "WHERE sub_merchant_id = sub_merchants.id))",
              7, v);
     cJSON_free(extra_text);
     cJSON_Delete(b);
@@ -177,8 +218,62 @@ static void put_bindings(gw_app_t *app, gw_http_req_t *req, gw_str_t shop, gw_st
     snprintf(mb, sizeof(mb), "%.*s", (int)method.len, method.ptr);
     char *text = cJSON_PrintUnformatted(b);
     const char *v[] = { sb, mb, text };
-    adm_exec(app, req, "bindings", "SELECT to_jsonb(gw_bindings_set($1, $2, $3::jsonb))", 3, v);
+    adm_exec_shop(app, req, "bindings", sb, "SELECT to_jsonb(gw_bindings_set($1, $2, $3::jsonb))", 3, v);
     cJSON_free(text);
+    cJSON_Delete(b);
+}
+
+/* PUT /admin/shops/{id}/rates/{channel} {"current_ppm", "future_ppm"?, "future_from"?} */
+static void put_rates(gw_app_t *app, gw_http_req_t *req, gw_str_t shop, gw_str_t channel)
+{
+    cJSON *b = body_object(req);
+    if (b == NULL) return;
+    const cJSON *cur = cJSON_GetObjectItemCaseSensitive(b, "current_ppm");
+    const cJSON *fut = cJSON_GetObjectItemCaseSensitive(b, "future_ppm");
+    const char *from = s_or(b, "future_from", NULL);
+    if (!cJSON_IsNumber(cur) || (fut && !cJSON_IsNumber(fut)) || ((fut == NULL) != (from == NULL))) {
+        gw_http_respond_error(req, 400, "invalid_request",
+                              "current_ppm is required; future_ppm and future_from go together");
+        cJSON_Delete(b);
+        return;
+    }
+    char sb[40], cb[40], curb[24], futb[24];
+    snprintf(sb, sizeof(sb), "%.*s", (int)shop.len, shop.ptr);
+    snprintf(cb, sizeof(cb), "%.*s", (int)channel.len, channel.ptr);
+    snprintf(curb, sizeof(curb), "%.0f", cur->valuedouble);
+    if (fut) snprintf(futb, sizeof(futb), "%.0f", fut->valuedouble);
+    const char *v[] = { sb, cb, curb, fut ? futb : NULL, from };
+    adm_exec_shop(app, req, "rates", sb,
+                  "INSERT INTO shop_rates (shop_id, channel, current_ppm, future_ppm, future_from) "
+                  "VALUES ($1, $2, $3::int, $4::int, $5::timestamptz) ON CONFLICT (shop_id, channel) DO UPDATE "
+                  "SET current_ppm = $3::int, future_ppm = $4::int, future_from = $5::timestamptz, updated_at = now() "
+                  "RETURNING jsonb_build_object('shop_id', shop_id, 'channel', channel, "
+                  "'current_ppm', current_ppm, 'future_ppm', future_ppm, 'future_from', future_from)",
+                  5, v);
+    cJSON_Delete(b);
+}
+
+/* PUT /admin/shops/{id}/cashback/{method} {"ppm"} */
+static void put_cashback(gw_app_t *app, gw_http_req_t *req, gw_str_t shop, gw_str_t method)
+{
+    cJSON *b = body_object(req);
+    if (b == NULL) return;
+    const cJSON *ppm = cJSON_GetObjectItemCaseSensitive(b, "ppm");
+    if (!cJSON_IsNumber(ppm)) {
+        gw_http_respond_error(req, 400, "invalid_request", "ppm is required");
+        cJSON_Delete(b);
+        return;
+    }
+    char sb[40], mb[40], pb[24];
+    snprintf(sb, sizeof(sb), "%.*s", (int)shop.len, shop.ptr);
+    snprintf(mb, sizeof(mb), "%.*s", (int)method.len, method.ptr);
+    snprintf(pb, sizeof(pb), "%.0f", ppm->valuedouble);
+    const char *v[] = { sb, mb, pb };
+    adm_exec_shop(app, req, "cashback", sb,
+                  "INSERT INTO shop_cashback (shop_id, method, ppm) VALUES ($1, $2, $3::int) "
+                  "ON CONFLICT (shop_id, method) DO UPDATE SET ppm = $3::int "
+                  "RETURNING jsonb_build_object('shop_id', shop_id, 'method', method, 'ppm', ppm)",
+                  3, v);
     cJSON_Delete(b);
 }
 
@@ -233,11 +328,23 @@ static void post_resend(gw_app_t *app, gw_http_req_t *req, gw_str_t id)
              1, v);
 }
 
+static void add_health(gw_app_t *app, cJSON *arr)
+{
+    cJSON *c;
+    cJSON_ArrayForEach(c, arr) {
+        const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "name"));
+        if (name == NULL) continue;
+        cJSON_AddStringToObject(c, "breaker", gw_breaker_state_name(gw_health_state(app, name)));
+        cJSON_AddNumberToObject(c, "calls_in_flight", gw_health_inflight(app, name));
+    }
+}
+
 static void get_channels(gw_app_t *app, gw_http_req_t *req)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON *arr = cJSON_AddArrayToObject(j, "channels");
     if (app->channels) gw_chan_registry_json(app->channels, arr);
+    add_health(app, arr);
     gw_respond_json(req, 200, j);
 }
 
@@ -283,6 +390,18 @@ void gw_admin_dispatch(gw_app_t *app, gw_http_req_t *req)
         id_ok(seg[4])) {
         req->route = "admin:bindings";
         if (put) return put_bindings(app, req, seg[2], seg[4]);
+        goto not_allowed;
+    }
+    if (n == 5 && gw_str_eq(seg[1], "shops") && id_ok(seg[2]) && gw_str_eq(seg[3], "rates") &&
+        id_ok(seg[4])) {
+        req->route = "admin:rates";
+        if (put) return put_rates(app, req, seg[2], seg[4]);
+        goto not_allowed;
+    }
+    if (n == 5 && gw_str_eq(seg[1], "shops") && id_ok(seg[2]) && gw_str_eq(seg[3], "cashback") &&
+        id_ok(seg[4])) {
+        req->route = "admin:cashback";
+        if (put) return put_cashback(app, req, seg[2], seg[4]);
         goto not_allowed;
     }
     if (n == 2 && gw_str_eq(seg[1], "sub-merchants")) {

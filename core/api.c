@@ -12,6 +12,7 @@
 #include "channel.h"
 #include "crypto.h"
 #include "metrics.h"
+#include "health.h"
 #include "rows.h"
 #include "tasks.h"
 
@@ -30,18 +31,13 @@ static const struct {
 } stmts[] = {
     { "merchant_get", "SELECT jsonb_build_object('secret', secret, 'status', status) FROM merchants WHERE id = $1" },
     { "nonce_put", "INSERT INTO api_nonces (merchant_id, nonce, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3::int)) ON CONFLICT DO NOTHING RETURNING to_jsonb(true)" },
-    { "route_get",
-      "SELECT to_jsonb(x) FROM (SELECT b.channel, s.id AS sub_merchant_id, s.mch_id, s.app_id, s.key, "
-      "s.private_key, s.public_key, s.extra::text AS extra FROM shop_bindings b "
-      "JOIN shops sh ON sh.id = b.shop_id "
-      "JOIN binding_sub_merchants bs ON bs.shop_id = b.shop_id AND bs.method = b.method AND bs.priority = b.priority "
-      "JOIN sub_merchants s ON s.id = bs.sub_merchant_id "
-      "WHERE b.shop_id = $1 AND b.method = $2 AND sh.merchant_id = $3 "
-      "ORDER BY b.priority, bs.position LIMIT 1) x" },
     { "sub_get", "SELECT to_jsonb(x) FROM (SELECT id AS sub_merchant_id, channel, mch_id, app_id, key, private_key, public_key, extra::text AS extra FROM sub_merchants WHERE id = $1) x" },
     { "sub_get_by_mch", "SELECT to_jsonb(x) FROM (SELECT id AS sub_merchant_id, channel, mch_id, app_id, key, private_key, public_key, extra::text AS extra FROM sub_merchants WHERE channel = $1 AND mch_id = $2) x" },
     { "notify_ingest", "SELECT gw_notify_ingest($1::jsonb)" },
     { "order_create", "SELECT gw_order_create($1::jsonb)" },
+    { "order_reroute", "SELECT gw_order_reroute($1::bigint, $2, $3::bigint, $4)" },
+    { "shop_routes", "SELECT gw_shop_routes($1)" },
+    { "rotation_next", "SELECT to_jsonb(gw_rotation_next($1))" },
     { "order_transition", "SELECT gw_order_transition($1::bigint, $2::text[], $3, $4::jsonb, $5)" },
     { "order_get", "SELECT to_jsonb(o) FROM orders o WHERE merchant_id = $1 AND trade_no = $2" },
     { "order_get_out", "SELECT to_jsonb(o) FROM orders o WHERE merchant_id = $1 AND out_trade_no = $2" },
@@ -136,6 +132,67 @@ static void mc_put(gw_app_t *app, const char *id, const char *secret, int active
     e->fetched_ms = gw_now_ms();
 }
 
+/* Sub-merchant credentials, cached in process (never in Redis: secrets) for
+ * a short time; a credential change reaches every node within SC_TTL_MS. */
+#define SC_BUCKETS 256
+#define SC_TTL_MS 30000
+
+typedef struct sc_entry {
+    struct sc_entry *next;
+    int64_t id;
+    cJSON *row;
+    uint64_t fetched_ms;
+} sc_entry_t;
+
+static sc_entry_t *subcache[SC_BUCKETS];
+
+const cJSON *gw_subcache_get(gw_app_t *app, int64_t id)
+{
+    (void)app;
+    for (sc_entry_t *e = subcache[(uint64_t)id % SC_BUCKETS]; e; e = e->next)
+        if (e->id == id) return gw_now_ms() - e->fetched_ms < SC_TTL_MS ? e->row : NULL;
+    return NULL;
+}
+
+void gw_subcache_put(gw_app_t *app, const cJSON *row)
+{
+    (void)app;
+    int64_t id = gw_jint(row, "sub_merchant_id");
+    if (id <= 0) return;
+    sc_entry_t **pp = &subcache[(uint64_t)id % SC_BUCKETS], *e;
+    for (e = *pp; e; e = e->next)
+        if (e->id == id) break;
+    if (e == NULL) {
+        e = calloc(1, sizeof(*e));
+        if (e == NULL) return;
+        e->id = id;
+        e->next = *pp;
+        *pp = e;
+    }
+    cJSON_Delete(e->row);
+    e->row = cJSON_Duplicate(row, 1);
+    e->fetched_ms = gw_now_ms();
+}
+
+void gw_subcache_forget(gw_app_t *app, int64_t id)
+{
+    (void)app;
+    for (sc_entry_t *e = subcache[(uint64_t)id % SC_BUCKETS]; e; e = e->next)
+        if (e->id == id) e->fetched_ms = 0;
+}
+
+static void subcache_free(void)
+{
+    for (int i = 0; i < SC_BUCKETS; i++) {
+        for (sc_entry_t *e = subcache[i], *n; e; e = n) {
+            n = e->next;
+            cJSON_Delete(e->row);
+            free(e);
+        }
+        subcache[i] = NULL;
+    }
+}
+
 void gw_api_init(gw_app_t *app)
 {
     app->merchants = gw_xcalloc(1, sizeof(*app->merchants));
@@ -146,6 +203,7 @@ void gw_api_init(gw_app_t *app)
 
 void gw_api_free(gw_app_t *app)
 {
+    subcache_free();
     if (app->merchants == NULL) return;
     for (int i = 0; i < MC_BUCKETS; i++) {
         for (mc_entry_t *e = app->merchants->b[i], *n; e; e = n) {
@@ -175,6 +233,8 @@ struct api_req {
     cJSON *order;    /* order row */
     cJSON *refund;   /* refund row */
     cJSON *sub;      /* sub-merchant row (credentials) */
+    cJSON *bindings; /* create: the shop's bindings for the method, in priority order */
+    int binding_idx; /* create: the binding being tried */
     char path_id[72];
     char trade_no[72];
     int64_t amount;
@@ -207,6 +267,7 @@ static void api_free(api_req_t *a)
     cJSON_Delete(a->order);
     cJSON_Delete(a->refund);
     cJSON_Delete(a->sub);
+    cJSON_Delete(a->bindings);
     free(a->patch);
     free(a);
 }
@@ -588,35 +649,75 @@ static void create_after_pay_transition(api_req_t *a, gw_err_t err)
     reply_order(a, 200);
 }
 
+static void try_binding(api_req_t *a);
+
+/* Nothing left to try.  Before the order exists: 503, nothing written.
+ * After (every remaining binding refused before sending): FAILED. */
+static void no_binding_left(api_req_t *a)
+{
+    if (a->order == NULL) {
+        api_error(a, 503, "channel_unavailable",
+                  "no channel for %s is available at shop %s right now; retry later",
+                  jstr(a->body, "method"), jstr(a->body, "shop_id"));
+        return;
+    }
+    gw_chan_result_t res;
+    memset(&res, 0, sizeof(res));
+    snprintf(res.raw_code, sizeof(res.raw_code), "CHANNEL_UNAVAILABLE");
+    snprintf(res.raw_msg, sizeof(res.raw_msg), "no channel could take the order; nothing was sent");
+    order_transition(a, "{CREATED}", "FAILED", &res, create_after_pay_transition);
+}
+
 static void create_pay_cb(void *udata, gw_chanop_out_t *out)
 {
     api_req_t *a = udata;
     const char *to = "UNKNOWN";
-    if (out->err != GW_OK) {
-        /* nothing was sent: the order certainly failed to start */
-        to = "FAILED";
-        snprintf(out->res.raw_code, sizeof(out->res.raw_code), "%s", gw_err_name(out->err));
-        snprintf(out->res.raw_msg, sizeof(out->res.raw_msg), "channel call not made: %s",
-                 gw_strerror(out->err));
-    } else {
-        switch (out->res.status) {
-        case GW_PAY_PENDING: to = "PENDING"; break;
-        case GW_PAY_SUCCESS: to = "SUCCESS"; break;
-        case GW_PAY_USER_PAYING: to = "USER_PAYING"; break;
-        case GW_PAY_FAILED: to = "FAILED"; break;
-        case GW_PAY_CLOSED:
-        case GW_PAY_REVERSED: to = "CLOSED"; break;
-        default: to = "UNKNOWN"; break;
-        }
-        if (out->res.status == GW_PAY_UNKNOWN && !out->sent) {
-            /* refused connection: the request never left */
-            to = "FAILED";
-        }
+    /* certainly not sent (channel missing, bulkhead full, breaker open,
+     * connection refused): another binding may take it */
+    int not_sent = out->err != GW_OK || (out->res.status == GW_PAY_UNKNOWN && !out->sent);
+    if (not_sent) {
+        gw_log_req(GW_LOG_INFO, a->req->id, "order %s: %s did not take it (%s); trying the next binding",
+                   a->trade_no, jstr(a->order, "channel"),
+                   out->err != GW_OK ? gw_strerror(out->err) : out->res.raw_msg);
+        a->binding_idx++;
+        try_binding(a);
+        return;
+    }
+    switch (out->res.status) {
+    case GW_PAY_PENDING: to = "PENDING"; break;
+    case GW_PAY_SUCCESS: to = "SUCCESS"; break;
+    case GW_PAY_USER_PAYING: to = "USER_PAYING"; break;
+    case GW_PAY_FAILED: to = "FAILED"; break;
+    case GW_PAY_CLOSED:
+    case GW_PAY_REVERSED: to = "CLOSED"; break;
+    default: to = "UNKNOWN"; break;
     }
     gw_log_req(GW_LOG_INFO, a->req->id, "order %s: %s %s → %s (%s %s)", a->trade_no,
                jstr(a->order, "channel"), jstr(a->order, "method"), to, out->res.raw_code,
                out->res.raw_msg);
     order_transition(a, "{CREATED}", to, &out->res, create_after_pay_transition);
+}
+
+static void create_call_channel(api_req_t *a)
+{
+    if (fill_merchant(a) != GW_OK) {
+        a->binding_idx++;
+        try_binding(a);
+        return;
+    }
+    fill_order(a);
+    const cJSON *ac = cJSON_GetObjectItemCaseSensitive(a->body, "auth_code");
+    a->co.auth_code = sstr(cJSON_IsString(ac) ? ac->valuestring : NULL);
+    const cJSON *att = cJSON_GetObjectItemCaseSensitive(a->body, "attach");
+    a->co.attach = sstr(cJSON_IsString(att) ? att->valuestring : NULL);
+    gw_err_t rc = gw_chanop_run(a->app, jstr(a->order, "channel"), GW_OP_PAY, 0, &a->cm, &a->co,
+                                NULL, create_pay_cb, a);
+    if (rc != GW_OK) {
+        gw_chanop_out_t out;
+        memset(&out, 0, sizeof(out));
+        out.err = rc;
+        create_pay_cb(a, &out);
+    }
 }
 
 static void create_order_cb(void *udata, gw_err_t err, cJSON *j)
@@ -641,63 +742,217 @@ static void create_order_cb(void *udata, gw_err_t err, cJSON *j)
         reply_order(a, 200); /* an identical repeat: the same order */
         return;
     }
-    if (fill_merchant(a) != GW_OK) {
-        order_transition(a, "{CREATED}", "FAILED", NULL, create_after_pay_transition);
-        return;
-    }
-    fill_order(a);
-    const cJSON *ac = cJSON_GetObjectItemCaseSensitive(a->body, "auth_code");
-    a->co.auth_code = sstr(cJSON_IsString(ac) ? ac->valuestring : NULL);
-    const cJSON *att = cJSON_GetObjectItemCaseSensitive(a->body, "attach");
-    a->co.attach = sstr(cJSON_IsString(att) ? att->valuestring : NULL);
-    gw_err_t rc = gw_chanop_run(a->app, jstr(o, "channel"), GW_OP_PAY, 0, &a->cm, &a->co, NULL,
-                                create_pay_cb, a);
-    if (rc != GW_OK) {
-        gw_chanop_out_t out;
-        memset(&out, 0, sizeof(out));
-        out.err = rc;
-        create_pay_cb(a, &out);
-    }
+    create_call_channel(a);
 }
 
-static void create_route_cb(void *udata, gw_err_t err, cJSON *j)
+static void reroute_cb(void *udata, gw_err_t err, cJSON *j)
 {
     api_req_t *a = udata;
-    if (err == GW_ENOENT) {
-        api_error(a, 422, "no_route", "shop %s has no channel for method %s",
-                  jstr(a->body, "shop_id"), jstr(a->body, "method"));
+    cJSON *o = err == GW_OK ? cJSON_DetachItemFromObjectCaseSensitive(j, "order") : NULL;
+    if (o == NULL || cJSON_IsNull(o)) {
+        /* the order moved on meanwhile (a task settled it) or the database
+         * blinked: answer what is recorded */
+        cJSON_Delete(o);
+        reply_order(a, 200);
         return;
     }
-    if (err != GW_OK) {
-        api_db_error(a, err);
+    cJSON_Delete(a->order);
+    a->order = o;
+    create_call_channel(a);
+}
+
+/* The chosen binding's sub-merchant is known (a->sub): write the order, or
+ * move the existing one over (failover). */
+static void create_with_sub(api_req_t *a, const char *channel)
+{
+    gw_err_t rc;
+    if (a->order) {
+        char id[24], sub[24];
+        snprintf(id, sizeof(id), "%lld", (long long)jint(a->order, "id"));
+        snprintf(sub, sizeof(sub), "%lld", (long long)jint(a->sub, "sub_merchant_id"));
+        const char *v[] = { id, channel, sub, jstr(a->sub, "mch_id") };
+        rc = gw_pg_json(a->app, "order_reroute", 4, v, reroute_cb, a);
+        if (rc != GW_OK) reroute_cb(a, rc, NULL);
         return;
     }
-    a->sub = cJSON_Duplicate(j, 1);
     cJSON *p = cJSON_Duplicate(a->body, 1);
     cJSON_DeleteItemFromObjectCaseSensitive(p, "auth_code"); /* never stored */
     cJSON_AddStringToObject(p, "merchant_id", a->merchant_id);
-    cJSON_AddStringToObject(p, "channel", jstr(j, "channel"));
-    cJSON_AddNumberToObject(p, "sub_merchant_id", (double)jint(j, "sub_merchant_id"));
-    cJSON_AddStringToObject(p, "channel_mch_id", jstr(j, "mch_id") ? jstr(j, "mch_id") : "");
+    cJSON_AddStringToObject(p, "channel", channel);
+    cJSON_AddNumberToObject(p, "sub_merchant_id", (double)jint(a->sub, "sub_merchant_id"));
+    cJSON_AddStringToObject(p, "channel_mch_id", jstr(a->sub, "mch_id") ? jstr(a->sub, "mch_id") : "");
     cJSON_AddStringToObject(p, "request_hash", jstr(a->body, "__hash"));
     cJSON_AddNumberToObject(p, "next_check_ms", gw_tasks_first_check_ms(a->app, NULL, "CREATED"));
     if (!jstr(p, "client_ip")) cJSON_AddStringToObject(p, "client_ip", a->req->peer);
     char *text = cJSON_PrintUnformatted(p);
     cJSON_Delete(p);
     const char *v[] = { text };
-    gw_err_t rc = gw_pg_json(a->app, "order_create", 1, v, create_order_cb, a);
+    rc = gw_pg_json(a->app, "order_create", 1, v, create_order_cb, a);
     cJSON_free(text);
     if (rc != GW_OK) api_db_error(a, rc);
 }
 
+static void create_sub_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    const cJSON *binding = cJSON_GetArrayItem(a->bindings, a->binding_idx);
+    if (err != GW_OK) {
+        if (err == GW_ENOENT) { /* removed meanwhile: skip it */
+            a->binding_idx++;
+            try_binding(a);
+        } else api_db_error(a, err);
+        return;
+    }
+    gw_subcache_put(a->app, j);
+    cJSON_Delete(a->sub);
+    a->sub = cJSON_Duplicate(j, 1);
+    create_with_sub(a, jstr(binding, "channel"));
+}
+
+/* Rotation: the n-th payment (of this customer, or of the shop) at this
+ * shop, method and channel uses sub-merchant n mod count. */
+static void rotation_done(api_req_t *a, int64_t n)
+{
+    const cJSON *binding = cJSON_GetArrayItem(a->bindings, a->binding_idx);
+    const cJSON *subs = cJSON_GetObjectItemCaseSensitive(binding, "subs");
+    int count = cJSON_GetArraySize(subs);
+    int64_t idx = n > 0 ? (n - 1) % count : 0;
+    const cJSON *pick = cJSON_GetArrayItem(subs, (int)idx);
+    int64_t sub_id = jint(pick, "id");
+    const cJSON *cached = gw_subcache_get(a->app, sub_id);
+    if (cached) {
+        cJSON_Delete(a->sub);
+        a->sub = cJSON_Duplicate(cached, 1);
+        create_with_sub(a, jstr(binding, "channel"));
+        return;
+    }
+    char id[24];
+    snprintf(id, sizeof(id), "%lld", (long long)sub_id);
+    const char *v[] = { id };
+    gw_err_t rc = gw_pg_json(a->app, "sub_get", 1, v, create_sub_cb, a);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+static void rotation_pg_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    rotation_done(a, err == GW_OK && cJSON_IsNumber(j) ? (int64_t)j->valuedouble : 1);
+}
+
+static void rotation_key(api_req_t *a, char *key, size_t len)
+{
+    const cJSON *binding = cJSON_GetArrayItem(a->bindings, a->binding_idx);
+    const char *cust = jstr(a->body, "customer_id");
+    snprintf(key, len, "gw:rot:%s:%s:%s:%s", jstr(a->body, "shop_id"), jstr(a->body, "method"),
+             jstr(binding, "channel"), cust ? cust : "*");
+}
+
+static void rotation_redis_cb(void *udata, gw_err_t err, redisReply *r)
+{
+    api_req_t *a = udata;
+    if (err == GW_OK && r && r->type == REDIS_REPLY_INTEGER) {
+        rotation_done(a, (int64_t)r->integer);
+        return;
+    }
+    /* Redis down: the counter lives in PostgreSQL meanwhile */
+    char key[256];
+    rotation_key(a, key, sizeof(key));
+    const char *v[] = { key };
+    if (gw_pg_json(a->app, "rotation_next", 1, v, rotation_pg_cb, a) != GW_OK) rotation_done(a, 1);
+}
+
+static void try_binding(api_req_t *a)
+{
+    int n = cJSON_GetArraySize(a->bindings);
+    for (; a->binding_idx < n; a->binding_idx++) {
+        const cJSON *b = cJSON_GetArrayItem(a->bindings, a->binding_idx);
+        const char *channel = jstr(b, "channel");
+        int nsubs = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "subs"));
+        if (channel == NULL || nsubs == 0) continue;
+        if (!gw_health_available(a->app, channel)) {
+            gw_log_req(GW_LOG_INFO, a->req->id, "shop %s %s: skipping %s (%s breaker, %d in flight)",
+                       jstr(a->body, "shop_id"), jstr(a->body, "method"), channel,
+                       gw_breaker_state_name(gw_health_state(a->app, channel)),
+                       gw_health_inflight(a->app, channel));
+            continue;
+        }
+        if (nsubs == 1) {
+            rotation_done(a, 1);
+            return;
+        }
+        char key[256];
+        rotation_key(a, key, sizeof(key));
+        if (gw_redis_cmd(a->app->redis, rotation_redis_cb, a, "INCR %s", key) != GW_OK)
+            rotation_redis_cb(a, GW_EUNAVAIL, NULL);
+        return;
+    }
+    no_binding_left(a);
+}
+
+static void routes_ready(api_req_t *a, cJSON *routes)
+{
+    const char *owner = jstr(routes, "merchant_id");
+    const cJSON *methods = cJSON_GetObjectItemCaseSensitive(routes, "methods");
+    cJSON *bindings = cJSON_GetObjectItemCaseSensitive(methods, jstr(a->body, "method"));
+    if (owner == NULL || strcmp(owner, a->merchant_id) != 0 || cJSON_GetArraySize(bindings) == 0) {
+        api_error(a, 422, "no_route", "shop %s has no channel for method %s",
+                  jstr(a->body, "shop_id"), jstr(a->body, "method"));
+        return;
+    }
+    a->bindings = cJSON_Duplicate(bindings, 1);
+    a->binding_idx = 0;
+    try_binding(a);
+}
+
+static void routes_pg_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err == GW_ENOENT || (err == GW_OK && cJSON_IsNull(j))) {
+        api_error(a, 422, "no_route", "no such shop: %s", jstr(a->body, "shop_id"));
+        return;
+    }
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    /* cache for the other requests and nodes (no secrets in it) */
+    char *text = cJSON_PrintUnformatted(j);
+    if (text) {
+        char key[128];
+        snprintf(key, sizeof(key), "gw:shop:%s", jstr(a->body, "shop_id"));
+        const char *argv[] = { "SET", key, text, "EX", "300" };
+        gw_redis_cmdargv(a->app->redis, NULL, NULL, 5, argv, NULL);
+        cJSON_free(text);
+    }
+    routes_ready(a, j);
+}
+
+static void routes_load_pg(api_req_t *a)
+{
+    const char *v[] = { jstr(a->body, "shop_id") };
+    gw_err_t rc = gw_pg_json(a->app, "shop_routes", 1, v, routes_pg_cb, a);
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+static void routes_redis_cb(void *udata, gw_err_t err, redisReply *r)
+{
+    api_req_t *a = udata;
+    if (err == GW_OK && r && r->type == REDIS_REPLY_STRING) {
+        cJSON *j = cJSON_ParseWithLength(r->str, r->len);
+        if (j) {
+            routes_ready(a, j);
+            cJSON_Delete(j);
+            return;
+        }
+    }
+    routes_load_pg(a); /* a miss, or Redis down: slower, not wrong */
+}
+
 static void create_validated(api_req_t *a)
 {
-    cJSON *b = a->body;
-    const char *shop = jstr(b, "shop_id");
-    const char *method = jstr(b, "method");
-    const char *v[] = { shop, method, a->merchant_id };
-    gw_err_t rc = gw_pg_json(a->app, "route_get", 3, v, create_route_cb, a);
-    if (rc != GW_OK) api_db_error(a, rc);
+    char key[128];
+    snprintf(key, sizeof(key), "gw:shop:%s", jstr(a->body, "shop_id"));
+    if (gw_redis_cmd(a->app->redis, routes_redis_cb, a, "GET %s", key) != GW_OK) routes_load_pg(a);
 }
 
 static const char *check_str(const cJSON *b, const char *key, int required, size_t max)

@@ -23,6 +23,12 @@ typedef void (*gw_pg_json_cb)(void *udata, gw_err_t err, struct cJSON *json);
 gw_err_t gw_pg_json(gw_app_t *app, const char *stmt, int n, const char *const *vals,
                     gw_pg_json_cb cb, void *udata);
 
+/* Sub-merchant credential rows cached in process (30 s): NULL when absent
+ * or stale; forget after an admin change on this node. */
+const struct cJSON *gw_subcache_get(gw_app_t *app, int64_t id);
+void gw_subcache_put(gw_app_t *app, const struct cJSON *row);
+void gw_subcache_forget(gw_app_t *app, int64_t id);
+
 /* Merchant request signature: lower-case hex HMAC-SHA256(secret,
  * METHOD "\n" PATH_AND_QUERY "\n" TIMESTAMP "\n" NONCE "\n" BODY). */
 void gw_api_sign(const char *secret, gw_str_t method, gw_str_t path_and_query, gw_str_t ts,

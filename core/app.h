@@ -34,6 +34,7 @@ struct gw_app {
     struct gw_chan_registry *channels;    /* loaded channel modules */
     struct gw_merchant_cache *merchants;  /* merchant secrets, short TTL */
     struct gw_tasks *tasks;               /* background follow-up */
+    struct gw_health *health;             /* per-channel bulkheads and breakers */
     uv_signal_t sig_term, sig_int, sig_hup;
     int stopping;
     int pending_stops;

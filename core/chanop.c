@@ -5,6 +5,7 @@
 #include "app.h"
 #include "channel.h"
 #include "client.h"
+#include "health.h"
 #include "host.h"
 #include "metrics.h"
 
@@ -27,6 +28,7 @@ typedef struct op {
     gw_chanop_cb cb;
     void *udata;
     char channel[32];
+    int reached;   /* the HTTP stage ran: the outcome says something about the channel */
 } op_t;
 
 static const char *const op_names[] = { "?", "pay", "query", "refund", "close" };
@@ -70,6 +72,9 @@ static void op_finish(op_t *o)
         gw_chan_release(o->mod);
         o->mod = NULL;
     }
+    int failed = o->reached && (o->out.http_status == 0 || o->out.http_status >= 500 ||
+                                o->out.res.status == 0 /* UNKNOWN */);
+    gw_health_release(o->app, o->channel, failed);
     o->cb(o->udata, &o->out);
     op_free(o);
 }
@@ -105,6 +110,7 @@ static void parse_done(uv_work_t *w, int status)
 static void on_response(void *udata, gw_client_response_t *r)
 {
     op_t *o = udata;
+    o->reached = 1;
     o->out.sent = r->sent;
     o->out.http_status = r->status;
     if (r->err != GW_OK) {
@@ -180,9 +186,15 @@ gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, enum gw_chanop_kind k
 {
     gw_chan_module_t *mod = gw_chan_acquire(app->channels, channel);
     if (mod == NULL) return GW_ENOENT;
+    gw_err_t hrc = gw_health_acquire(app, channel);
+    if (hrc != GW_OK) {
+        gw_chan_release(mod);
+        return hrc; /* bulkhead full or breaker open: nothing was sent */
+    }
     op_t *o = calloc(1, sizeof(*o));
     if (o == NULL) {
         gw_chan_release(mod);
+        gw_health_release(app, channel, 0);
         return GW_ENOMEM;
     }
     const gw_host_api_t *h = gw_host_api();
@@ -213,6 +225,7 @@ gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, enum gw_chanop_kind k
     o->work.data = o;
     if (uv_queue_work(app->loop, &o->work, build_work, build_done) != 0) {
         gw_chan_release(mod);
+        gw_health_release(app, channel, 0);
         o->mod = NULL;
         op_free(o);
         return GW_EIO;

@@ -71,12 +71,24 @@ static const gw__cfg_field_t redis_fields[] = {
     STR("master_name", redis.master_name, 0),
     END
 };
+static const gw__cfg_field_t breaker_fields[] = {
+    INT("window_ms", channels.breaker.window_ms, 0, 100, 3600000),
+    INT("min_calls", channels.breaker.min_calls, 0, 1, 1000000),
+    INT("error_pct", channels.breaker.error_pct, 0, 1, 100),
+    INT("consecutive", channels.breaker.consecutive, 0, 1, 1000000),
+    INT("open_ms", channels.breaker.open_ms, 0, 10, 3600000),
+    INT("close_after", channels.breaker.close_after, 0, 1, 1000),
+    END
+};
 static const gw__cfg_field_t channels_fields[] = {
     STR("dir", channels.dir, 1),
     INT("drain_timeout_ms", channels.drain_timeout_ms, 0, 0, 3600000),
     INT("call_timeout_ms", channels.call_timeout_ms, 0, 10, 600000),
     STR("notify_base_url", channels.notify_base_url, 0),
     { "settings", CFG_ANYOBJ, OFF(channels.settings), 0, 0, 0, NULL },
+    INT("max_inflight", channels.max_inflight, 0, 1, 1000000),
+    { "limits", CFG_ANYOBJ, OFF(channels.limits), 0, 0, 0, NULL },
+    OBJ("breaker", breaker_fields, 0),
     END
 };
 /* CFG_INTLIST stores the count in the int that follows the 16 slots */
@@ -137,6 +149,13 @@ static void gw__cfg_defaults(gw_config_t *c)
     c->redis.command_timeout_ms = 1000;
     c->channels.drain_timeout_ms = 30000;
     c->channels.call_timeout_ms = 10000;
+    c->channels.max_inflight = 256;
+    c->channels.breaker.window_ms = 10000;
+    c->channels.breaker.min_calls = 20;
+    c->channels.breaker.error_pct = 50;
+    c->channels.breaker.consecutive = 5;
+    c->channels.breaker.open_ms = 5000;
+    c->channels.breaker.close_after = 3;
     c->api.max_amount = INT64_C(100000000); /* 1 000 000.00 yuan */
     c->api.timestamp_skew_s = 300;
     c->api.min_expire_s = 60;
@@ -348,5 +367,6 @@ void gw_config_free(gw_config_t *c)
     free(c->channels.notify_base_url);
     free(c->tasks.node_id);
     cJSON_Delete(c->channels.settings);
+    cJSON_Delete(c->channels.limits);
     memset(c, 0, sizeof(*c));
 }

@@ -50,6 +50,16 @@ typedef struct gw_config {
         int call_timeout_ms;      /* default deadline of one channel call */
         char *notify_base_url;    /* how channels reach /notify/{channel} */
         cJSON *settings; /* object: channel name -> its settings object (owned) */
+        int max_inflight;         /* bulkhead: calls in flight per channel */
+        cJSON *limits;            /* object: channel name -> {"max_inflight": N} (owned) */
+        struct {
+            int window_ms;        /* error-rate window */
+            int min_calls;        /* calls in the window before the rate counts */
+            int error_pct;        /* open at this failure percentage */
+            int consecutive;      /* or after this many failures in a row */
+            int open_ms;          /* then wait this long before a probe */
+            int close_after;      /* probe successes that close it again */
+        } breaker;
     } channels;
     struct {
         int enabled;               /* 0: this node runs no background tasks */

@@ -9,6 +9,7 @@
 #include "app.h"
 #include "channel.h"
 #include "client.h"
+#include "health.h"
 #include "host.h"
 #include "metrics.h"
 #include "tasks.h"
@@ -205,6 +206,7 @@ static int run(gw_app_t *app)
     /* the registry's drain timer may still need a loop turn to close */
     uv_run(app->loop, UV_RUN_DEFAULT);
     gw_api_free(app);
+    gw_health_free(app);
     gw_host_shutdown();
     int rc = uv_loop_close(app->loop);
     if (rc != 0) gw_log(GW_LOG_WARN, "loop closed with handles open: %s", uv_strerror(rc));
