@@ -870,6 +870,7 @@ static void try_binding(api_req_t *a)
         int nsubs = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "subs"));
         if (channel == NULL || nsubs == 0) continue;
         if (!gw_health_available(a->app, channel)) {
+            gw_health_note_refusal(a->app, channel);
             gw_log_req(GW_LOG_INFO, a->req->id, "shop %s %s: skipping %s (%s breaker, %d in flight)",
                        jstr(a->body, "shop_id"), jstr(a->body, "method"), channel,
                        gw_breaker_state_name(gw_health_state(a->app, channel)),

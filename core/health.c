@@ -113,15 +113,26 @@ int gw_health_available(gw_app_t *app, const char *channel)
     return h ? allows(app, h) : 1;
 }
 
+static void count_refusal(chan_health_t *h)
+{
+    char labels[96];
+    snprintf(labels, sizeof(labels), "channel=\"%s\",reason=\"%s\"", h->name,
+             h->inflight >= h->max_inflight ? "bulkhead" : "breaker");
+    gw_metric_add("paygate_channel_rejected_total", labels, 1);
+}
+
+void gw_health_note_refusal(gw_app_t *app, const char *channel)
+{
+    chan_health_t *h = get(app, channel);
+    if (h) count_refusal(h);
+}
+
 gw_err_t gw_health_acquire(gw_app_t *app, const char *channel)
 {
     chan_health_t *h = get(app, channel);
     if (h == NULL) return GW_OK;
     if (!allows(app, h)) {
-        char labels[96];
-        snprintf(labels, sizeof(labels), "channel=\"%s\",reason=\"%s\"", h->name,
-                 h->inflight >= h->max_inflight ? "bulkhead" : "breaker");
-        gw_metric_add("paygate_channel_rejected_total", labels, 1);
+        count_refusal(h);
         return GW_EBUSY;
     }
     h->inflight++;

@@ -26,6 +26,8 @@ enum gw_breaker_state { GW_BREAKER_CLOSED = 0, GW_BREAKER_HALF_OPEN = 1, GW_BREA
 /* May a new call go to channel now (breaker allows it and a slot is free)?
  * Does not take anything: for routing decisions. */
 int gw_health_available(gw_app_t *app, const char *channel);
+/* Counts a routing decision that skipped channel (metrics). */
+void gw_health_note_refusal(gw_app_t *app, const char *channel);
 /* Takes a slot (GW_OK) or refuses (GW_EBUSY: bulkhead full or breaker open /
  * half-open probe already out). */
 gw_err_t gw_health_acquire(gw_app_t *app, const char *channel);

@@ -64,9 +64,9 @@ async function setupShop(gw, { merchant = 'm1', secret = 'merchant-secret-012345
   return { merchant, secret, shop, subIds: ids, call: merchantClient(gw, merchant, secret) };
 }
 
-/* Starts a simulator (test/sim/<name>.js) on a free port. */
-async function startSim(name, args = []) {
-  const port = await h.freePort();
+/* Starts a simulator (test/sim/<name>.js) on a free port (or opts.port). */
+async function startSim(name, args = [], opts = {}) {
+  const port = opts.port ?? await h.freePort();
   const proc = spawn(process.execPath, [path.join(ROOT, 'test', 'sim', `${name}.js`), '--port', String(port), ...args], {
     cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
   });
