@@ -1501,7 +1501,9 @@ void gw_api_dispatch(gw_app_t *app, gw_http_req_t *req)
     const char *route = NULL;
     gw_str_t id = { NULL, 0 };
 
-    if (n == 2 && seg_is(seg[0], "notify")) {
+    /* /notify/{channel}[/…]: what follows the channel name is the module's
+     * (e.g. a merchant number in the URL it gave the channel) */
+    if ((n == 2 || n == 3) && seg_is(seg[0], "notify")) {
         if (!post) goto not_allowed;
         req->route = "/notify/{channel}";
         gw_notify_handle(app, req, seg[1]);

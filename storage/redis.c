@@ -38,6 +38,29 @@
  * hiredis 0.14 resolves a host name with a blocking getaddrinfo() when it
  * connects: configure Redis by address.
  *
+ * Sentinel (opts.sentinels + opts.master_name).  Before every connect the
+ * master's address is asked of the sentinels, in turn, each over a
+ * short-lived async connection of its own (r->sac, same adapter hooks, same
+ * timeout as a command):
+ *
+ *   DOWN --timer--> ASK sentinel i --address--> CONNECTING ... (as above)
+ *                     |  refused / timeout / no answer / not an IP
+ *                     +--> ASK sentinel i+1 ... none left: DOWN (backoff)
+ *
+ * A sentinel that gave an address moves to the front of the list, so the
+ * next discovery asks it first.  Only IP addresses are accepted (from the
+ * configuration and from the sentinels): a host name would block the loop.
+ * The handshake then sends ROLE (after AUTH, before SELECT/PING): anything but
+ * "master" (a replica the sentinels are about to promote, or an old master
+ * not yet reconfigured) drops the connection and the sentinels are asked
+ * again after the backoff.  A connection that was UP is dropped when a
+ * command gets a READONLY error reply: the master was demoted to a replica
+ * (after a failover the old master comes back as one) and the sentinels know
+ * the new one.  With sentinels the backoff is capped at 1 s (or
+ * reconnect_max_ms when smaller): a failover takes seconds and asking is
+ * cheap.  r->sac exists only while r->ac is NULL (discovery runs only while
+ * DOWN), so no user callback ever runs inside a sentinel callback.
+ *
  * Timeouts: one timer is armed for the earliest deadline, i.e. the connect
  * deadline while CONNECTING, else the oldest pending command's (commands all
  * have the same timeout, so the oldest is the first in the list).  An expired
@@ -48,6 +71,7 @@
 
 #include <hiredis/async.h>
 #include <hiredis/adapters/libuv.h>
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -56,6 +80,12 @@
 #define REDIS_DEFAULT_RECONNECT_MIN 100
 #define REDIS_DEFAULT_RECONNECT_MAX 5000
 #define REDIS_DEFAULT_TIMEOUT 1000
+#define REDIS_SENTINEL_BACKOFF_CAP 1000
+
+typedef struct sentinel_addr {
+    char host[INET6_ADDRSTRLEN];
+    int port;
+} sentinel_addr_t;
 
 enum redis_state { R_DOWN = 0, R_CONNECTING, R_HANDSHAKE, R_UP };
 
@@ -93,10 +123,24 @@ struct gw_redis {
     unsigned outage_logged : 1;
     void (*close_done)(void *);
     void *close_udata;
+
+    /* Sentinel mode: master_name != NULL (then host/port are what the
+     * sentinels said last) */
+    char *master_name;
+    sentinel_addr_t *sentinels; /* in asking order; one that answered first */
+    int nsentinels;
+    int backoff_cap_ms;
+    redisAsyncContext *sac;     /* the sentinel being asked; NULL otherwise */
+    int sidx;                   /* its index in sentinels */
+    uint64_t sentinel_deadline;
+    char said_by[INET6_ADDRSTRLEN + 8];  /* "ip:port" of the last that answered */
+    char why[256];              /* why the last sentinel asked gave no address */
+    char known[INET6_ADDRSTRLEN + 8];    /* master last announced in the log */
 };
 
 static void schedule_reconnect(gw_redis_t *r);
 static void arm_deadline(gw_redis_t *r);
+static void sentinel_try(gw_redis_t *r);
 
 /* ---------------------------------------------------------------- adapter */
 
@@ -219,9 +263,13 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     redis_cmd_t *c = privdata;
     gw_redis_t *r = c->r;
+    const redisReply *rp = reply;
 
     cmd_unlink(r, c);
     if (reply == NULL) conn_lost(r, ac, ac_error(ac)); /* no-op if we dropped it */
+    /* a master demoted to a replica (Sentinel): the sentinels know the new one */
+    int demoted = rp != NULL && r->master_name != NULL && rp->type == REDIS_REPLY_ERROR &&
+                  rp->len >= 8 && memcmp(rp->str, "READONLY", 8) == 0;
     if (!c->finished) {
         c->finished = 1;
         gw_err_t err = GW_OK;
@@ -229,6 +277,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         if (c->cb) c->cb(c->udata, err, reply);
     }
     free(c);
+    /* r outlives the callback even when it closed r (freed from a close
+     * callback, later); the context is freed when this callback returns */
+    if (demoted && r->ac == ac && !r->closing)
+        conn_drop(r, "READONLY reply: the server is a replica now, asking the sentinels again");
 }
 
 /* Handshake replies (udata = r).  Connection loss is handled elsewhere. */
@@ -244,6 +296,27 @@ static void on_handshake(void *udata, gw_err_t err, redisReply *reply)
     }
 }
 
+/* ROLE (Sentinel mode): only a master will do. */
+static void on_handshake_role(void *udata, gw_err_t err, redisReply *reply)
+{
+    gw_redis_t *r = udata;
+    if (err != GW_OK || r->state != R_HANDSHAKE) return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        on_handshake(udata, err, reply);
+        return;
+    }
+    const redisReply *e = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 ? reply->element[0] : NULL;
+    if (e != NULL && (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS) &&
+        e->len == 6 && memcmp(e->str, "master", 6) == 0)
+        return;
+    char why[160];
+    if (e != NULL && (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS))
+        snprintf(why, sizeof(why), "not the master yet (ROLE: %.*s)", (int)(e->len < 32 ? e->len : 32), e->str);
+    else
+        snprintf(why, sizeof(why), "not the master (unexpected ROLE reply)");
+    conn_drop(r, why);
+}
+
 static void on_handshake_done(void *udata, gw_err_t err, redisReply *reply)
 {
     gw_redis_t *r = udata;
@@ -255,7 +328,11 @@ static void on_handshake_done(void *udata, gw_err_t err, redisReply *reply)
     r->state = R_UP;
     r->backoff_ms = r->reconnect_min_ms;
     r->outage_logged = 0;
-    gw_log(GW_LOG_NOTICE, "redis: connected to %s:%d (db %d)", r->host, r->port, r->db);
+    if (r->master_name)
+        gw_log(GW_LOG_NOTICE, "redis: connected to %s:%d (db %d), master \"%s\" according to sentinel %s",
+               r->host, r->port, r->db, r->master_name, r->said_by);
+    else
+        gw_log(GW_LOG_NOTICE, "redis: connected to %s:%d (db %d)", r->host, r->port, r->db);
 }
 
 static int send_internal(gw_redis_t *r, gw_redis_cb cb, int argc, const char **argv)
@@ -286,7 +363,9 @@ static void on_connect(const redisAsyncContext *cac, int status)
     const char *auth[2] = { "AUTH", r->password };
     const char *sel[2] = { "SELECT", dbs };
     const char *ping[1] = { "PING" };
+    const char *role[1] = { "ROLE" };
     if ((r->password && send_internal(r, on_handshake, 2, auth) != 0) ||
+        (r->master_name && send_internal(r, on_handshake_role, 1, role) != 0) ||
         (r->db != 0 && send_internal(r, on_handshake, 2, sel) != 0) ||
         send_internal(r, on_handshake_done, 1, ping) != 0) {
         /* cannot free the context here: let the deadline timer drop it */
@@ -302,19 +381,19 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
     conn_lost(r, cac, status == REDIS_OK ? "closed" : ac_error(cac));
 }
 
-static void conn_start(gw_redis_t *r)
+/* A new async context to host:port on the loop with our poll hooks, or NULL
+ * with why filled in (nothing left to free). */
+static redisAsyncContext *ctx_new(gw_redis_t *r, const char *host, int port, char *why, size_t whylen)
 {
-    redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+    redisAsyncContext *ac = redisAsyncConnect(host, port);
     if (ac == NULL) {
-        conn_lost(r, NULL, "out of memory");
-        return;
+        snprintf(why, whylen, "out of memory");
+        return NULL;
     }
     if (ac->err) {
-        char why[128];
-        snprintf(why, sizeof(why), "%s", ac_error(ac));
+        snprintf(why, whylen, "%s", ac_error(ac));
         redisAsyncFree(ac);
-        conn_lost(r, NULL, why);
-        return;
+        return NULL;
     }
     ac->data = r;
     if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
@@ -322,13 +401,24 @@ static void conn_start(gw_redis_t *r)
          * its cleanup would run on ev.data == NULL */
         if (ac->ev.data == NULL) memset(&ac->ev, 0, sizeof(ac->ev));
         redisAsyncFree(ac);
-        conn_lost(r, NULL, "cannot attach to the loop");
-        return;
+        snprintf(why, whylen, "cannot attach to the loop");
+        return NULL;
     }
     ac->ev.addRead = gw__redis_add_read;
     ac->ev.delRead = gw__redis_del_read;
     ac->ev.addWrite = gw__redis_add_write;
     ac->ev.delWrite = gw__redis_del_write;
+    return ac;
+}
+
+static void conn_start(gw_redis_t *r)
+{
+    char why[128];
+    redisAsyncContext *ac = ctx_new(r, r->host, r->port, why, sizeof(why));
+    if (ac == NULL) {
+        conn_lost(r, NULL, why);
+        return;
+    }
     r->ac = ac;
     r->state = R_CONNECTING;
     r->connect_deadline = uv_now(r->loop) + (uint64_t)r->timeout_ms;
@@ -338,18 +428,242 @@ static void conn_start(gw_redis_t *r)
     arm_deadline(r);
 }
 
+/* ---------------------------------------------------------------- sentinel */
+
+/* s (n bytes) as "ipv4:port" or "[ipv6]:port" into out; 0 when it is not
+ * (a host name, no port, IPv6 without brackets, ...). */
+static int parse_ip_port(const char *s, size_t n, sentinel_addr_t *out)
+{
+    const char *hs = s, *he, *ps;
+    if (n > 0 && s[0] == '[') {
+        const char *rb = memchr(s, ']', n);
+        if (rb == NULL || rb + 1 >= s + n || rb[1] != ':') return 0;
+        hs = s + 1;
+        he = rb;
+        ps = rb + 2;
+    } else {
+        he = NULL;
+        for (const char *p = s; p < s + n; p++)
+            if (*p == ':') {
+                if (he != NULL) return 0; /* IPv6 without brackets */
+                he = p;
+            }
+        if (he == NULL) return 0;
+        ps = he + 1;
+    }
+    size_t hl = (size_t)(he - hs), pl = (size_t)(s + n - ps);
+    if (hl == 0 || hl >= sizeof(out->host) || pl == 0 || pl > 5) return 0;
+    int port = 0;
+    for (size_t i = 0; i < pl; i++) {
+        if (ps[i] < '0' || ps[i] > '9') return 0;
+        port = port * 10 + (ps[i] - '0');
+    }
+    if (port <= 0 || port > 65535) return 0;
+    char host[INET6_ADDRSTRLEN];
+    memcpy(host, hs, hl);
+    host[hl] = '\0';
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, buf) != 1 && inet_pton(AF_INET6, host, buf) != 1) return 0;
+    memcpy(out->host, host, hl + 1);
+    out->port = port;
+    return 1;
+}
+
+/* Fills r->sentinels from "ip:port,ip:port"; bad entries are logged and
+ * skipped.  -1 on out of memory. */
+static int parse_sentinels(gw_redis_t *r, const char *list)
+{
+    size_t n = 1;
+    for (const char *p = list; *p; p++) n += *p == ',';
+    r->sentinels = calloc(n, sizeof(*r->sentinels));
+    if (r->sentinels == NULL) return -1;
+    const char *p = list;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        if (end == NULL) end = p + strlen(p);
+        const char *a = p, *b = end;
+        while (a < b && (*a == ' ' || *a == '\t')) a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+        if (b > a) {
+            if (parse_ip_port(a, (size_t)(b - a), &r->sentinels[r->nsentinels]))
+                r->nsentinels++;
+            else
+                gw_log(GW_LOG_ERR, "redis: sentinel \"%.*s\" ignored: not IP:port (an IP address, "
+                       "IPv6 in brackets; host names are not resolved)", (int)(b - a > 80 ? 80 : b - a), a);
+        }
+        if (*end == '\0') break;
+        p = end + 1;
+    }
+    if (r->nsentinels == 0)
+        gw_log(GW_LOG_ERR, "redis: no usable sentinel in \"%.200s\": Redis stays unavailable", list);
+    return 0;
+}
+
+/* Every sentinel was asked, none gave an address: wait (backoff), ask again. */
+static void sentinel_round_failed(gw_redis_t *r)
+{
+    if (!r->outage_logged) {
+        r->outage_logged = 1;
+        gw_log(GW_LOG_WARN, "redis: no sentinel gave the address of master \"%s\" (last: %s); "
+               "retrying every %d..%d ms", r->master_name, r->why[0] ? r->why : "no sentinel configured",
+               r->reconnect_min_ms, r->backoff_cap_ms);
+    } else {
+        gw_log(GW_LOG_DEBUG, "redis: no sentinel gave the address of master \"%s\" (last: %s)",
+               r->master_name, r->why[0] ? r->why : "no sentinel configured");
+    }
+    schedule_reconnect(r);
+}
+
+/* The sentinel being asked failed (r->sac already NULL): ask the next. */
+static void sentinel_failed(gw_redis_t *r, const char *why)
+{
+    const sentinel_addr_t *s = &r->sentinels[r->sidx];
+    snprintf(r->why, sizeof(r->why), "sentinel %s:%d: %s", s->host, s->port, why);
+    gw_log(GW_LOG_DEBUG, "redis: %s", r->why);
+    r->sidx++;
+    sentinel_try(r);
+}
+
+/* An address from the sentinel at r->sidx: it goes to the front, and we
+ * connect to the master. */
+static void sentinel_answered(gw_redis_t *r, const sentinel_addr_t *m)
+{
+    sentinel_addr_t s = r->sentinels[r->sidx];
+    memmove(&r->sentinels[1], &r->sentinels[0], (size_t)r->sidx * sizeof(s));
+    r->sentinels[0] = s;
+    snprintf(r->said_by, sizeof(r->said_by), "%s:%d", s.host, s.port);
+    char addr[sizeof(r->known)];
+    snprintf(addr, sizeof(addr), "%s:%d", m->host, m->port);
+    if (strcmp(addr, r->known) != 0) {
+        if (r->known[0])
+            gw_log(GW_LOG_NOTICE, "redis: master \"%s\" is now %s (was %s), according to sentinel %s",
+                   r->master_name, addr, r->known, r->said_by);
+        else
+            gw_log(GW_LOG_NOTICE, "redis: master \"%s\" is %s, according to sentinel %s",
+                   r->master_name, addr, r->said_by);
+        memcpy(r->known, addr, sizeof(addr));
+    }
+    if (strcmp(r->host, m->host) != 0) {
+        char *h = strdup(m->host);
+        if (h == NULL) {
+            conn_lost(r, NULL, "out of memory");
+            return;
+        }
+        free(r->host);
+        r->host = h;
+    }
+    r->port = m->port;
+    conn_start(r);
+}
+
+static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    gw_redis_t *r = privdata;
+    if (r->sac != ac) return; /* dropped by us (timeout, close) */
+    r->sac = NULL;
+    if (reply == NULL) { /* hiredis is freeing the context */
+        sentinel_failed(r, ac_error(ac));
+        return;
+    }
+    const redisReply *rp = reply;
+    sentinel_addr_t m;
+    char why[160];
+    int ok = 0;
+    if (rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 &&
+        rp->element[0]->type == REDIS_REPLY_STRING && rp->element[1]->type == REDIS_REPLY_STRING) {
+        char buf[INET6_ADDRSTRLEN + 16];
+        const redisReply *h = rp->element[0], *p = rp->element[1];
+        int n = snprintf(buf, sizeof(buf), strchr(h->str, ':') ? "[%.*s]:%.*s" : "%.*s:%.*s",
+                         (int)(h->len < 64 ? h->len : 64), h->str, (int)(p->len < 8 ? p->len : 8), p->str);
+        ok = n > 0 && (size_t)n < sizeof(buf) && parse_ip_port(buf, (size_t)n, &m);
+        if (!ok) snprintf(why, sizeof(why), "answered \"%.100s\", not an IP address and port", buf);
+    } else if (rp->type == REDIS_REPLY_NIL) {
+        snprintf(why, sizeof(why), "does not know master \"%.64s\"", r->master_name);
+    } else if (rp->type == REDIS_REPLY_ERROR) {
+        snprintf(why, sizeof(why), "error: %.*s", (int)(rp->len < 120 ? rp->len : 120), rp->str);
+    } else {
+        snprintf(why, sizeof(why), "unexpected reply (type %d)", rp->type);
+    }
+    /* inside a reply callback: hiredis frees it when this returns */
+    redisAsyncFree(ac);
+    if (ok) sentinel_answered(r, &m);
+    else sentinel_failed(r, why);
+}
+
+static void on_sentinel_connect(const redisAsyncContext *cac, int status)
+{
+    gw_redis_t *r = cac->data;
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    if (r->sac != ac) return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context when this returns */
+        char why[128];
+        snprintf(why, sizeof(why), "%s", ac_error(cac));
+        r->sac = NULL;
+        sentinel_failed(r, why);
+        return;
+    }
+    const char *argv[3] = { "SENTINEL", "get-master-addr-by-name", r->master_name };
+    if (redisAsyncCommandArgv(ac, on_sentinel_reply, r, 3, argv, NULL) != REDIS_OK) {
+        /* cannot free the context here: let the deadline timer drop it */
+        r->sentinel_deadline = 0;
+        arm_deadline(r);
+    }
+}
+
+static void on_sentinel_disconnect(const redisAsyncContext *cac, int status)
+{
+    gw_redis_t *r = cac->data;
+    if (r->sac != cac) return; /* the usual case: handled in the reply callback */
+    r->sac = NULL;
+    sentinel_failed(r, status == REDIS_OK ? "closed" : ac_error(cac));
+}
+
+/* Asks the sentinel at r->sidx, or the next one that can be reached. */
+static void sentinel_try(gw_redis_t *r)
+{
+    while (!r->closing && r->sidx < r->nsentinels) {
+        const sentinel_addr_t *s = &r->sentinels[r->sidx];
+        char why[128];
+        redisAsyncContext *ac = ctx_new(r, s->host, s->port, why, sizeof(why));
+        if (ac == NULL) {
+            snprintf(r->why, sizeof(r->why), "sentinel %s:%d: %s", s->host, s->port, why);
+            r->sidx++;
+            continue;
+        }
+        r->sac = ac;
+        r->sentinel_deadline = uv_now(r->loop) + (uint64_t)r->timeout_ms;
+        redisAsyncSetDisconnectCallback(ac, on_sentinel_disconnect);
+        redisAsyncSetConnectCallback(ac, on_sentinel_connect); /* last: starts watching */
+        arm_deadline(r);
+        return;
+    }
+    if (!r->closing) sentinel_round_failed(r);
+}
+
+static void discover_start(gw_redis_t *r)
+{
+    r->sidx = 0;
+    r->why[0] = '\0';
+    sentinel_try(r);
+}
+
+/* ---------------------------------------------------------------- reconnect */
+
 static void on_reconnect_timer(uv_timer_t *t)
 {
     gw_redis_t *r = t->data;
-    if (r->closing || r->ac != NULL) return;
-    conn_start(r);
+    if (r->closing || r->ac != NULL || r->sac != NULL) return;
+    if (r->master_name) discover_start(r);
+    else conn_start(r);
 }
 
 static void schedule_reconnect(gw_redis_t *r)
 {
     if (r->closing || uv_is_active((uv_handle_t *)&r->reconnect_timer)) return;
     uv_timer_start(&r->reconnect_timer, on_reconnect_timer, (uint64_t)r->backoff_ms, 0);
-    r->backoff_ms = r->backoff_ms >= r->reconnect_max_ms / 2 ? r->reconnect_max_ms : r->backoff_ms * 2;
+    int cap = r->backoff_cap_ms;
+    r->backoff_ms = r->backoff_ms >= cap / 2 ? cap : r->backoff_ms * 2;
 }
 
 /* ---------------------------------------------------------------- deadlines */
@@ -359,7 +673,16 @@ static void on_deadline(uv_timer_t *t)
     gw_redis_t *r = t->data;
     uint64_t now = uv_now(r->loop);
 
-    if (r->state == R_CONNECTING && r->ac && r->connect_deadline <= now) {
+    if (r->sac && r->sentinel_deadline <= now) {
+        /* not inside a hiredis callback: freed at once, its reply callback
+         * (NULL reply) sees r->sac != ac */
+        redisAsyncContext *ac = r->sac;
+        r->sac = NULL;
+        redisAsyncFree(ac);
+        char why[64];
+        snprintf(why, sizeof(why), "no answer within %d ms", r->timeout_ms);
+        sentinel_failed(r, why);
+    } else if (r->state == R_CONNECTING && r->ac && r->connect_deadline <= now) {
         conn_drop(r, "connect timed out");
     } else if (r->head && r->head->deadline <= now) {
         for (redis_cmd_t *c = r->head; c; c = c->next)
@@ -377,6 +700,7 @@ static void arm_deadline(gw_redis_t *r)
     if (r->closing) return;
     uint64_t due = UINT64_MAX;
     if (r->state == R_CONNECTING && r->ac) due = r->connect_deadline;
+    if (r->sac && r->sentinel_deadline < due) due = r->sentinel_deadline;
     if (r->head && r->head->deadline < due) due = r->head->deadline;
     if (due == UINT64_MAX) {
         uv_timer_stop(&r->deadline_timer);
@@ -413,6 +737,22 @@ gw_redis_t *gw_redis_new(uv_loop_t *loop, const gw_redis_opts_t *opts)
     r->timeout_ms =
         opts && opts->command_timeout_ms > 0 ? opts->command_timeout_ms : REDIS_DEFAULT_TIMEOUT;
     r->backoff_ms = r->reconnect_min_ms;
+    r->backoff_cap_ms = r->reconnect_max_ms;
+    if (opts && opts->sentinels && *opts->sentinels && opts->master_name && *opts->master_name) {
+        r->master_name = strdup(opts->master_name);
+        if (r->master_name == NULL || parse_sentinels(r, opts->sentinels) != 0) {
+            free(r->master_name);
+            free(r->sentinels);
+            free(r->host);
+            free(r->password);
+            free(r);
+            return NULL;
+        }
+        if (r->backoff_cap_ms > REDIS_SENTINEL_BACKOFF_CAP) r->backoff_cap_ms = REDIS_SENTINEL_BACKOFF_CAP;
+        if (r->backoff_cap_ms < r->reconnect_min_ms) r->backoff_cap_ms = r->reconnect_min_ms;
+    } else if (opts && ((opts->sentinels && *opts->sentinels) || (opts->master_name && *opts->master_name))) {
+        gw_log(GW_LOG_ERR, "redis: sentinels and master_name go together: using %s:%d", r->host, r->port);
+    }
     uv_timer_init(loop, &r->reconnect_timer);
     uv_timer_init(loop, &r->deadline_timer);
     r->reconnect_timer.data = r;
@@ -425,7 +765,8 @@ void gw_redis_start(gw_redis_t *r)
 {
     if (r == NULL || r->started || r->closing) return;
     r->started = 1;
-    conn_start(r);
+    if (r->master_name) discover_start(r);
+    else conn_start(r);
 }
 
 static gw_err_t submit_check(gw_redis_t *r)
@@ -492,6 +833,8 @@ static void on_handle_closed(uv_handle_t *h)
     void *udata = r->close_udata;
     free(r->host);
     free(r->password);
+    free(r->master_name);
+    free(r->sentinels);
     free(r);
     if (done) done(udata);
 }
@@ -511,6 +854,12 @@ void gw_redis_close(gw_redis_t *r, void (*done)(void *), void *udata)
      * gone before on_handle_closed frees r and calls done */
     uv_close((uv_handle_t *)&r->reconnect_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
+    /* a sentinel being asked (never inside one of its callbacks: see top) */
+    if (r->sac != NULL) {
+        redisAsyncContext *sac = r->sac;
+        r->sac = NULL;
+        redisAsyncFree(sac);
+    }
     /* pending commands complete with GW_ECANCELED */
     conn_drop(r, "closing");
 }

@@ -25,7 +25,14 @@ typedef struct gw_redis_opts {
     /* Sentinel (optional): "host:port,host:port" and the master's name.
      * When set, host/port are ignored: the master is asked of the sentinels
      * (SENTINEL get-master-addr-by-name), checked with ROLE, and asked again
-     * after every disconnect, so a failover is followed. */
+     * after every disconnect, so a failover is followed.  Hosts are IP
+     * addresses (IPv6 as "[addr]:port"); other entries are logged and
+     * skipped.  A sentinel is asked over a connection of its own, non-
+     * blocking, with command_timeout_ms; one that answered is asked first
+     * next time.  A command that gets a READONLY error reply (the master was
+     * demoted) drops the connection, and the sentinels are asked again.  The
+     * reconnect backoff is capped at min(reconnect_max_ms, 1000) in this
+     * mode.  Sentinels without a password only (no AUTH to them). */
     const char *sentinels;
     const char *master_name;
 } gw_redis_opts_t;
