@@ -11,6 +11,7 @@
  *   PUT  /admin/shops/{id}/cashback/{method} {ppm}
  *   GET  /admin/channels                    loaded channel modules, breaker, calls in flight
  *   POST /admin/channels/reload             the same as SIGHUP
+ *   POST /admin/balances/{merchant}/{customer} {amount, kind, reason, operator_id, request_id?}
  *   GET  /admin/orders/{trade_no}           an order with its events
  *   GET  /admin/notifications?status=FAILED merchant notifications by state
  *   POST /admin/notifications/{id}/resend   deliver once more
@@ -277,6 +278,34 @@ static void put_cashback(gw_app_t *app, gw_http_req_t *req, gw_str_t shop, gw_st
     cJSON_Delete(b);
 }
 
+/* POST /admin/balances/{merchant}/{customer}
+ * {"amount": signed fen, "kind": "topup"|"adjust", "reason", "operator_id", "request_id"?} */
+static void post_balance(gw_app_t *app, gw_http_req_t *req, gw_str_t merchant, gw_str_t customer)
+{
+    cJSON *b = body_object(req);
+    if (b == NULL) return;
+    const cJSON *amt = cJSON_GetObjectItemCaseSensitive(b, "amount");
+    const char *kind = s_or(b, "kind", "topup");
+    const char *reason = s_or(b, "reason", NULL), *op = s_or(b, "operator_id", NULL);
+    double d = cJSON_IsNumber(amt) ? amt->valuedouble : 0;
+    if (d == 0 || d != (double)(int64_t)d || d > 1e13 || d < -1e13 ||
+        (strcmp(kind, "topup") != 0 && strcmp(kind, "adjust") != 0) || (strcmp(kind, "topup") == 0 && d < 0) ||
+        reason == NULL || op == NULL) {
+        gw_http_respond_error(req, 400, "invalid_request",
+                              "amount (integer fen, not 0; positive for topup), kind topup|adjust, "
+                              "reason and operator_id are required");
+        cJSON_Delete(b);
+        return;
+    }
+    char mb[40], cb[72], ab[24];
+    snprintf(mb, sizeof(mb), "%.*s", (int)merchant.len, merchant.ptr);
+    snprintf(cb, sizeof(cb), "%.*s", (int)customer.len, customer.ptr);
+    snprintf(ab, sizeof(ab), "%lld", (long long)d);
+    const char *v[] = { mb, cb, ab, kind, reason, op, s_or(b, "request_id", NULL) };
+    adm_exec(app, req, "balance", "SELECT gw_balance_adjust($1, $2, $3::bigint, $4, $5, $6, $7)", 7, v);
+    cJSON_Delete(b);
+}
+
 static void get_order(gw_app_t *app, gw_http_req_t *req, gw_str_t trade_no)
 {
     char tb[72];
@@ -417,6 +446,11 @@ void gw_admin_dispatch(gw_app_t *app, gw_http_req_t *req)
     if (n == 3 && gw_str_eq(seg[1], "channels") && gw_str_eq(seg[2], "reload")) {
         req->route = "admin:channels/reload";
         if (post) return post_reload(app, req);
+        goto not_allowed;
+    }
+    if (n == 4 && gw_str_eq(seg[1], "balances") && id_ok(seg[2]) && seg[3].len > 0 && seg[3].len <= 64) {
+        req->route = "admin:balances";
+        if (post) return post_balance(app, req, seg[2], seg[3]);
         goto not_allowed;
     }
     if (n == 2 && gw_str_eq(seg[1], "notifications")) {

@@ -35,6 +35,15 @@ static const struct {
     { "sub_get_by_mch", "SELECT to_jsonb(x) FROM (SELECT id AS sub_merchant_id, channel, mch_id, app_id, key, private_key, public_key, extra::text AS extra FROM sub_merchants WHERE channel = $1 AND mch_id = $2) x" },
     { "notify_ingest", "SELECT gw_notify_ingest($1::jsonb)" },
     { "order_create", "SELECT gw_order_create($1::jsonb)" },
+    { "balance_pay", "SELECT gw_balance_pay($1)" },
+    { "balance_refund", "SELECT gw_balance_refund($1)" },
+    { "balance_get", "SELECT jsonb_build_object('customer_id', customer_id, 'balance', balance, 'updated_at', updated_at) FROM balance_accounts WHERE merchant_id = $1 AND customer_id = $2" },
+    { "balance_entries",
+      "SELECT jsonb_build_object('entries', COALESCE(jsonb_agg(jsonb_build_object('id', e.id, 'amount', e.amount, "
+      "'balance_after', e.balance_after, 'kind', e.kind, 'trade_no', o.trade_no, 'refund_no', r.refund_no, "
+      "'reason', e.reason, 'created_at', e.created_at) ORDER BY e.id DESC), '[]'::jsonb)) "
+      "FROM (SELECT * FROM balance_entries WHERE merchant_id = $1 AND customer_id = $2 AND id < $3::bigint "
+      "ORDER BY id DESC LIMIT $4::int) e LEFT JOIN orders o ON o.id = e.order_id LEFT JOIN refunds r ON r.id = e.refund_id" },
     { "order_reroute", "SELECT gw_order_reroute($1::bigint, $2, $3::bigint, $4)" },
     { "shop_routes", "SELECT gw_shop_routes($1)" },
     { "rotation_next", "SELECT to_jsonb(gw_rotation_next($1))" },
@@ -639,6 +648,17 @@ static int json_int_ok(const cJSON *v, int64_t *out)
 
 static void create_after_pay_transition(api_req_t *a, gw_err_t err)
 {
+    const char *code = jstr(a->order, "channel_code");
+    if (err == GW_OK && code && strcmp(code, "INSUFFICIENT_BALANCE") == 0 &&
+        strcmp(jstr(a->order, "status"), "FAILED") == 0) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON *e = cJSON_AddObjectToObject(j, "error");
+        cJSON_AddStringToObject(e, "code", "insufficient_balance");
+        cJSON_AddStringToObject(e, "message", "the customer's balance does not cover the amount");
+        cJSON_AddItemToObject(j, "order", order_view(a->order));
+        api_reply_json(a, 422, j);
+        return;
+    }
     if (err != GW_OK)
         gw_log_req(GW_LOG_ERR, a->req->id, "order %s: recording the channel's answer failed (%s); "
                    "the re-query task will settle it", a->trade_no, gw_strerror(err));
@@ -1018,9 +1038,14 @@ static void create_authed(api_req_t *a)
     a->amount = amount;
     const char *method = jstr(b, "method");
     uint32_t mbit = gw_method_bit(method);
-    if (mbit == 0) {
+    int balance = strcmp(method, "balance") == 0;
+    if (mbit == 0 && !balance) {
         api_error(a, 400, "invalid_method",
-                  "method must be one of wechat_qr, wechat_jsapi, alipay_qr, alipay_jsapi, barcode");
+                  "method must be one of wechat_qr, wechat_jsapi, alipay_qr, alipay_jsapi, barcode, balance");
+        return;
+    }
+    if (balance && !jstr(b, "customer_id")) {
+        api_error(a, 400, "invalid_request", "customer_id (the account to pay from) is required for balance");
         return;
     }
     if (mbit == GW_METHOD_BARCODE && !valid_chars(jstr(b, "auth_code"), 10, 32, "")) {
@@ -1470,6 +1495,67 @@ static void refund_get_authed(api_req_t *a)
 }
 
 /* ------------------------------------------------------------------ */
+/* GET /v1/balances/{customer_id}[/entries?before=ID&limit=N] */
+
+static void balance_get_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err == GW_ENOENT) {
+        cJSON *z = cJSON_CreateObject();
+        cJSON_AddStringToObject(z, "customer_id", a->path_id);
+        cJSON_AddNumberToObject(z, "balance", 0);
+        api_reply_json(a, 200, z);
+        return;
+    }
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    api_reply_json(a, 200, cJSON_Duplicate(j, 1));
+}
+
+static void balance_entries_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    cJSON *out = cJSON_Duplicate(j, 1);
+    cJSON *entries = cJSON_GetObjectItemCaseSensitive(out, "entries");
+    int n = cJSON_GetArraySize(entries);
+    if (n > 0 && n == (int)a->amount) /* a full page: there may be more */
+        cJSON_AddNumberToObject(out, "next_before", (double)jint(cJSON_GetArrayItem(entries, n - 1), "id"));
+    api_reply_json(a, 200, out);
+}
+
+static void balance_authed(api_req_t *a)
+{
+    gw_err_t rc;
+    if (a->sync_query) { /* entries */
+        char before[40] = "9223372036854775807", limit[40] = "50";
+        char tmp[32];
+        if (query_param(a->req, "before", tmp, sizeof(tmp)) && tmp[0]) snprintf(before, sizeof(before), "%s", tmp);
+        if (query_param(a->req, "limit", tmp, sizeof(tmp)) && tmp[0]) snprintf(limit, sizeof(limit), "%s", tmp);
+        char *end;
+        long long bv = strtoll(before, &end, 10);
+        long lv = strtol(limit, NULL, 10);
+        if (*end || bv <= 0 || lv < 1 || lv > 500) {
+            api_error(a, 400, "invalid_request", "before must be an entry id and limit 1-500");
+            return;
+        }
+        snprintf(limit, sizeof(limit), "%ld", lv);
+        a->amount = lv;
+        const char *v[] = { a->merchant_id, a->path_id, before, limit };
+        rc = gw_pg_json(a->app, "balance_entries", 4, v, balance_entries_cb, a);
+    } else {
+        const char *v[] = { a->merchant_id, a->path_id };
+        rc = gw_pg_json(a->app, "balance_get", 2, v, balance_get_cb, a);
+    }
+    if (rc != GW_OK) api_db_error(a, rc);
+}
+
+/* ------------------------------------------------------------------ */
 /* dispatch */
 
 void gw_notify_handle(gw_app_t *app, gw_http_req_t *req, gw_str_t channel);
@@ -1524,6 +1610,10 @@ void gw_api_dispatch(gw_app_t *app, gw_http_req_t *req)
             if (!post) goto not_allowed;
             step = refund_authed, route = "POST /v1/orders/{id}/refunds", id = seg[2];
         }
+    } else if ((n == 3 || n == 4) && seg_is(seg[0], "v1") && seg_is(seg[1], "balances")) {
+        if (!get) goto not_allowed;
+        if (n == 4 && !seg_is(seg[3], "entries")) step = NULL;
+        else step = balance_authed, route = n == 3 ? "GET /v1/balances/{customer}" : "GET /v1/balances/{customer}/entries", id = seg[2];
     } else if (n >= 2 && seg_is(seg[0], "v1") && seg_is(seg[1], "refunds")) {
         if (!get) goto not_allowed;
         if (n == 2) step = refund_get_authed, route = "GET /v1/refunds";
@@ -1546,6 +1636,7 @@ void gw_api_dispatch(gw_app_t *app, gw_http_req_t *req)
         }
         snprintf(a->path_id, sizeof(a->path_id), "%.*s", (int)id.len, id.ptr);
     }
+    if (step == balance_authed && n == 4) a->sync_query = 1;
     api_auth(a, step);
     return;
 not_allowed:

@@ -8,6 +8,9 @@
 #include "health.h"
 #include "host.h"
 #include "metrics.h"
+#include "api.h"
+
+#include <cjson/cJSON.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,11 +182,88 @@ static void build_done(uv_work_t *w, int status)
     }
 }
 
+/* ---- the built-in stored-value channel "balance" ----
+ * No module and no HTTP: each operation is one statement that moves the
+ * ledger and settles the order or refund in the same transaction
+ * (storage/migrations/0004_balance.sql).  Idempotent, so the follow-up tasks
+ * finish what a crash interrupted by simply asking again. */
+
+typedef struct bal {
+    enum gw_chanop_kind kind;
+    uint32_t flags;
+    gw_chanop_cb cb;
+    void *udata;
+    gw_chanop_out_t out;
+} bal_t;
+
+static void balance_done(void *udata, gw_err_t err, cJSON *j)
+{
+    bal_t *b = udata;
+    gw_chanop_out_t *out = &b->out;
+    int refund = b->kind == GW_OP_REFUND || (b->flags & GW_CALL_REFUND_QUERY);
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "status"));
+    const char *code = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "code"));
+    out->err = GW_OK;
+    out->sent = err != GW_EUNAVAIL;
+    out->http_status = err == GW_OK ? 200 : 0;
+    out->res.status = 0; /* UNKNOWN unless the ledger says otherwise */
+    if (err != GW_OK) {
+        snprintf(out->res.raw_code, sizeof(out->res.raw_code), "%s", gw_err_name(err));
+    } else if (st && strcmp(st, "SUCCESS") == 0) {
+        out->res.status = refund ? GW_REFUND_SUCCESS : GW_PAY_SUCCESS;
+    } else if (st && strcmp(st, "FAILED") == 0) {
+        out->res.status = refund ? GW_REFUND_FAILED : GW_PAY_FAILED;
+    } else if (st && strcmp(st, "CLOSED") == 0 && !refund) {
+        out->res.status = GW_PAY_CLOSED;
+    }
+    if (err == GW_OK) snprintf(out->res.raw_code, sizeof(out->res.raw_code), "%s", code ? code : st ? st : "");
+    if (code && strcmp(code, "INSUFFICIENT_BALANCE") == 0)
+        snprintf(out->res.raw_msg, sizeof(out->res.raw_msg), "the balance does not cover the amount");
+    snprintf(out->channel_version, sizeof(out->channel_version), "built-in");
+    b->cb(b->udata, out);
+    gw_host_api()->buf_free(&out->res.pay_data);
+    free(b);
+}
+
+static gw_err_t balance_run(gw_app_t *app, enum gw_chanop_kind kind, uint32_t flags,
+                            const gw_chan_order_t *order, const gw_chan_refund_t *refund,
+                            gw_chanop_cb cb, void *udata)
+{
+    const char *stmt;
+    gw_str_t arg;
+    if (kind == GW_OP_REFUND || (kind == GW_OP_QUERY && (flags & GW_CALL_REFUND_QUERY))) {
+        if (refund == NULL) return GW_EINVAL;
+        stmt = "balance_refund";
+        arg = refund->out_refund_no;
+    } else if (kind == GW_OP_PAY || kind == GW_OP_QUERY) {
+        stmt = "balance_pay";
+        arg = order->out_trade_no;
+    } else {
+        return GW_ENOTSUP; /* a balance payment is settled at once: nothing to close */
+    }
+    bal_t *b = calloc(1, sizeof(*b));
+    if (b == NULL) return GW_ENOMEM;
+    b->kind = kind;
+    b->flags = flags;
+    b->cb = cb;
+    b->udata = udata;
+    gw_host_api()->buf_init(&b->out.res.pay_data, 16);
+    b->out.res.amount = -1;
+    char key[80];
+    snprintf(key, sizeof(key), "%.*s", (int)(arg.len < 72 ? arg.len : 72), arg.ptr);
+    const char *v[] = { key };
+    gw_err_t rc = gw_pg_json(app, stmt, 1, v, balance_done, b);
+    if (rc != GW_OK) free(b);
+    return rc;
+}
+
 gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, enum gw_chanop_kind kind,
                        uint32_t flags, const gw_chan_merchant_t *merchant,
                        const gw_chan_order_t *order, const gw_chan_refund_t *refund,
                        gw_chanop_cb cb, void *udata)
 {
+    if (strcmp(channel, GW_CHANNEL_BALANCE) == 0)
+        return balance_run(app, kind, flags, order, refund, cb, udata);
     gw_chan_module_t *mod = gw_chan_acquire(app->channels, channel);
     if (mod == NULL) return GW_ENOENT;
     gw_err_t hrc = gw_health_acquire(app, channel);

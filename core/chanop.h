@@ -12,6 +12,9 @@
 
 typedef struct gw_app gw_app_t;
 
+/* The built-in stored-value channel (no module, no HTTP). */
+#define GW_CHANNEL_BALANCE "balance"
+
 enum gw_chanop_kind { GW_OP_PAY = 1, GW_OP_QUERY, GW_OP_REFUND, GW_OP_CLOSE };
 
 typedef struct gw_chanop_out {
@@ -29,7 +32,10 @@ typedef void (*gw_chanop_cb)(void *udata, gw_chanop_out_t *out);
 
 /* The inputs are borrowed until the callback.  Returns GW_OK and calls cb
  * exactly once later, or an error and never calls it. */
-gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, enum gw_chanop_kind op,
+gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, /* The built-in stored-value channel (no module, no HTTP). */
+#define GW_CHANNEL_BALANCE "balance"
+
+enum gw_chanop_kind op,
                        uint32_t flags, const gw_chan_merchant_t *merchant,
                        const gw_chan_order_t *order, const gw_chan_refund_t *refund,
                        gw_chanop_cb cb, void *udata);
