@@ -1185,22 +1185,30 @@ static int query_param(const gw_http_req_t *r, const char *name, char *out, size
     return 0;
 }
 
-static void get_authed(api_req_t *a)
+/* Loads a row by the id in the path, or by ?param= (the merchant's own
+ * number); both scoped to the authenticated merchant. */
+static void lookup_row(api_req_t *a, const char *by_id, const char *by_param, const char *param,
+                       gw_pg_json_cb cb)
 {
     gw_err_t rc;
     if (a->path_id[0]) {
         const char *v[] = { a->merchant_id, a->path_id };
-        rc = gw_pg_json(a->app, "order_get", 2, v, get_order_cb, a);
+        rc = gw_pg_json(a->app, by_id, 2, v, cb, a);
     } else {
-        char otn[72];
-        if (!query_param(a->req, "out_trade_no", otn, sizeof(otn)) || !otn[0]) {
-            api_error(a, 400, "invalid_request", "give the order's trade_no in the path or ?out_trade_no=");
+        char val[72];
+        if (!query_param(a->req, param, val, sizeof(val)) || !val[0]) {
+            api_error(a, 400, "invalid_request", "give the id in the path or ?%s=", param);
             return;
         }
-        const char *v[] = { a->merchant_id, otn };
-        rc = gw_pg_json(a->app, "order_get_out", 2, v, get_order_cb, a);
+        const char *v[] = { a->merchant_id, val };
+        rc = gw_pg_json(a->app, by_param, 2, v, cb, a);
     }
     if (rc != GW_OK) api_db_error(a, rc);
+}
+
+static void get_authed(api_req_t *a)
+{
+    lookup_row(a, "order_get", "order_get_out", "out_trade_no", get_order_cb);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1478,20 +1486,7 @@ static void refund_get_cb(void *udata, gw_err_t err, cJSON *j)
 
 static void refund_get_authed(api_req_t *a)
 {
-    gw_err_t rc;
-    if (a->path_id[0]) {
-        const char *v[] = { a->merchant_id, a->path_id };
-        rc = gw_pg_json(a->app, "refund_get", 2, v, refund_get_cb, a);
-    } else {
-        char orn[72];
-        if (!query_param(a->req, "out_refund_no", orn, sizeof(orn)) || !orn[0]) {
-            api_error(a, 400, "invalid_request", "give the refund_no in the path or ?out_refund_no=");
-            return;
-        }
-        const char *v[] = { a->merchant_id, orn };
-        rc = gw_pg_json(a->app, "refund_get_out", 2, v, refund_get_cb, a);
-    }
-    if (rc != GW_OK) api_db_error(a, rc);
+    lookup_row(a, "refund_get", "refund_get_out", "out_refund_no", refund_get_cb);
 }
 
 /* ------------------------------------------------------------------ */
