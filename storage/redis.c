@@ -56,10 +56,21 @@
  * again after the backoff.  A connection that was UP is dropped when a
  * command gets a READONLY error reply: the master was demoted to a replica
  * (after a failover the old master comes back as one) and the sentinels know
- * the new one.  With sentinels the backoff is capped at 1 s (or
- * reconnect_max_ms when smaller): a failover takes seconds and asking is
- * cheap.  r->sac exists only while r->ac is NULL (discovery runs only while
- * DOWN), so no user callback ever runs inside a sentinel callback.
+ * the new one.  A sentinel whose address fails the ROLE check goes to the
+ * back of the list (it may be one with a stale view).  While UP a sentinel is
+ * asked again every sentinel_check_ms (the "check"): an address that changed
+ * drops the connection (after a manual failover the sentinels demote the old
+ * master only some 10 s later, and it takes writes meanwhile); a check that
+ * gets no answer changes nothing.  A connection lost during a check ends the
+ * check (its context is freed) and discovery starts after the backoff.  With
+ * sentinels the backoff is capped at 1 s (or reconnect_max_ms when smaller):
+ * a failover takes seconds and asking is cheap.
+ *
+ * r->sac is never freed by us from inside one of its own callbacks except
+ * where hiredis defers it (a reply callback); r->sac is cleared before a
+ * sentinel context goes away, as r->ac is.  User callbacks can run inside a
+ * sentinel reply callback (a check that drops the connection), after r->sac
+ * was cleared, so gw_redis_close from there does not touch that context.
  *
  * Timeouts: one timer is armed for the earliest deadline, i.e. the connect
  * deadline while CONNECTING, else the oldest pending command's (commands all
@@ -81,6 +92,7 @@
 #define REDIS_DEFAULT_RECONNECT_MAX 5000
 #define REDIS_DEFAULT_TIMEOUT 1000
 #define REDIS_SENTINEL_BACKOFF_CAP 1000
+#define REDIS_DEFAULT_SENTINEL_CHECK 1000
 
 typedef struct sentinel_addr {
     char host[INET6_ADDRSTRLEN];
@@ -117,6 +129,7 @@ struct gw_redis {
 
     uv_timer_t reconnect_timer;
     uv_timer_t deadline_timer;
+    uv_timer_t check_timer;     /* Sentinel: periodic check while UP */
     int nhandles;
     unsigned started : 1;
     unsigned closing : 1;
@@ -130,6 +143,8 @@ struct gw_redis {
     sentinel_addr_t *sentinels; /* in asking order; one that answered first */
     int nsentinels;
     int backoff_cap_ms;
+    int check_ms;               /* <= 0: no periodic check */
+    unsigned checking : 1;      /* the sentinel query is a check while UP */
     redisAsyncContext *sac;     /* the sentinel being asked; NULL otherwise */
     int sidx;                   /* its index in sentinels */
     uint64_t sentinel_deadline;
@@ -141,6 +156,7 @@ struct gw_redis {
 static void schedule_reconnect(gw_redis_t *r);
 static void arm_deadline(gw_redis_t *r);
 static void sentinel_try(gw_redis_t *r);
+static void on_check_timer(uv_timer_t *t);
 
 /* ---------------------------------------------------------------- adapter */
 
@@ -233,6 +249,14 @@ static void conn_lost(gw_redis_t *r, const redisAsyncContext *ac, const char *wh
     enum redis_state was = r->state;
     r->ac = NULL;
     r->state = R_DOWN;
+    if (r->sac != NULL && r->checking) {
+        /* a check in progress: pointless now (never inside its callbacks:
+         * r->sac is cleared before anything is called from them) */
+        redisAsyncContext *sac = r->sac;
+        r->sac = NULL;
+        r->checking = 0;
+        redisAsyncFree(sac);
+    }
     if (r->closing) {
         gw_log(GW_LOG_INFO, "redis: connection to %s:%d closed", r->host, r->port);
     } else if (was == R_UP) {
@@ -240,7 +264,7 @@ static void conn_lost(gw_redis_t *r, const redisAsyncContext *ac, const char *wh
     } else if (!r->outage_logged) {
         r->outage_logged = 1;
         gw_log(GW_LOG_WARN, "redis: cannot connect to %s:%d: %s (retrying every %d..%d ms)",
-               r->host, r->port, why, r->reconnect_min_ms, r->reconnect_max_ms);
+               r->host, r->port, why, r->reconnect_min_ms, r->backoff_cap_ms);
     } else {
         gw_log(GW_LOG_DEBUG, "redis: %s:%d: connect failed: %s", r->host, r->port, why);
     }
@@ -314,6 +338,13 @@ static void on_handshake_role(void *udata, gw_err_t err, redisReply *reply)
         snprintf(why, sizeof(why), "not the master yet (ROLE: %.*s)", (int)(e->len < 32 ? e->len : 32), e->str);
     else
         snprintf(why, sizeof(why), "not the master (unexpected ROLE reply)");
+    /* the sentinel that gave this address (the first: see sentinel_answered)
+     * may have a stale view: ask the others first next time */
+    if (r->nsentinels > 1) {
+        sentinel_addr_t s = r->sentinels[0];
+        memmove(&r->sentinels[0], &r->sentinels[1], (size_t)(r->nsentinels - 1) * sizeof(s));
+        r->sentinels[r->nsentinels - 1] = s;
+    }
     conn_drop(r, why);
 }
 
@@ -328,10 +359,12 @@ static void on_handshake_done(void *udata, gw_err_t err, redisReply *reply)
     r->state = R_UP;
     r->backoff_ms = r->reconnect_min_ms;
     r->outage_logged = 0;
-    if (r->master_name)
+    if (r->master_name) {
         gw_log(GW_LOG_NOTICE, "redis: connected to %s:%d (db %d), master \"%s\" according to sentinel %s",
                r->host, r->port, r->db, r->master_name, r->said_by);
-    else
+        if (r->check_ms > 0)
+            uv_timer_start(&r->check_timer, on_check_timer, (uint64_t)r->check_ms, (uint64_t)r->check_ms);
+    } else
         gw_log(GW_LOG_NOTICE, "redis: connected to %s:%d (db %d)", r->host, r->port, r->db);
 }
 
@@ -502,6 +535,12 @@ static int parse_sentinels(gw_redis_t *r, const char *list)
 /* Every sentinel was asked, none gave an address: wait (backoff), ask again. */
 static void sentinel_round_failed(gw_redis_t *r)
 {
+    if (r->checking) { /* a check: keep the connection we have */
+        r->checking = 0;
+        gw_log(GW_LOG_DEBUG, "redis: check of master \"%s\": no sentinel answered (last: %s)",
+               r->master_name, r->why[0] ? r->why : "no sentinel configured");
+        return;
+    }
     if (!r->outage_logged) {
         r->outage_logged = 1;
         gw_log(GW_LOG_WARN, "redis: no sentinel gave the address of master \"%s\" (last: %s); "
@@ -532,6 +571,10 @@ static void sentinel_answered(gw_redis_t *r, const sentinel_addr_t *m)
     memmove(&r->sentinels[1], &r->sentinels[0], (size_t)r->sidx * sizeof(s));
     r->sentinels[0] = s;
     snprintf(r->said_by, sizeof(r->said_by), "%s:%d", s.host, s.port);
+    if (r->checking) {
+        r->checking = 0;
+        if (r->ac != NULL && strcmp(m->host, r->host) == 0 && m->port == r->port) return;
+    }
     char addr[sizeof(r->known)];
     snprintf(addr, sizeof(addr), "%s:%d", m->host, m->port);
     if (strcmp(addr, r->known) != 0) {
@@ -542,6 +585,13 @@ static void sentinel_answered(gw_redis_t *r, const sentinel_addr_t *m)
             gw_log(GW_LOG_NOTICE, "redis: master \"%s\" is %s, according to sentinel %s",
                    r->master_name, addr, r->said_by);
         memcpy(r->known, addr, sizeof(addr));
+    }
+    if (r->ac != NULL) {
+        /* a check found the master moved: drop the connection (pending
+         * commands fail GW_EIO now) and connect to the new one after the
+         * backoff, asking again */
+        conn_drop(r, "the sentinels moved the master");
+        return;
     }
     if (strcmp(r->host, m->host) != 0) {
         char *h = strdup(m->host);
@@ -648,6 +698,18 @@ static void discover_start(gw_redis_t *r)
     sentinel_try(r);
 }
 
+/* While UP: ask a sentinel whether the master is still where we are. */
+static void on_check_timer(uv_timer_t *t)
+{
+    gw_redis_t *r = t->data;
+    if (r->closing || r->state != R_UP || r->sac != NULL) {
+        if (r->state != R_UP) uv_timer_stop(t);
+        return;
+    }
+    r->checking = 1;
+    discover_start(r);
+}
+
 /* ---------------------------------------------------------------- reconnect */
 
 static void on_reconnect_timer(uv_timer_t *t)
@@ -749,15 +811,18 @@ gw_redis_t *gw_redis_new(uv_loop_t *loop, const gw_redis_opts_t *opts)
             return NULL;
         }
         if (r->backoff_cap_ms > REDIS_SENTINEL_BACKOFF_CAP) r->backoff_cap_ms = REDIS_SENTINEL_BACKOFF_CAP;
+        r->check_ms = opts->sentinel_check_ms == 0 ? REDIS_DEFAULT_SENTINEL_CHECK : opts->sentinel_check_ms;
         if (r->backoff_cap_ms < r->reconnect_min_ms) r->backoff_cap_ms = r->reconnect_min_ms;
     } else if (opts && ((opts->sentinels && *opts->sentinels) || (opts->master_name && *opts->master_name))) {
         gw_log(GW_LOG_ERR, "redis: sentinels and master_name go together: using %s:%d", r->host, r->port);
     }
     uv_timer_init(loop, &r->reconnect_timer);
     uv_timer_init(loop, &r->deadline_timer);
+    uv_timer_init(loop, &r->check_timer);
     r->reconnect_timer.data = r;
     r->deadline_timer.data = r;
-    r->nhandles = 2;
+    r->check_timer.data = r;
+    r->nhandles = 3;
     return r;
 }
 
@@ -854,6 +919,7 @@ void gw_redis_close(gw_redis_t *r, void (*done)(void *), void *udata)
      * gone before on_handle_closed frees r and calls done */
     uv_close((uv_handle_t *)&r->reconnect_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->check_timer, on_handle_closed);
     /* a sentinel being asked (never inside one of its callbacks: see top) */
     if (r->sac != NULL) {
         redisAsyncContext *sac = r->sac;

@@ -35,6 +35,11 @@ typedef struct gw_redis_opts {
      * mode.  Sentinels without a password only (no AUTH to them). */
     const char *sentinels;
     const char *master_name;
+    /* Sentinel: while connected, a sentinel is asked every so often
+     * (default 1000 ms, < 0: never) and an address that changed drops the
+     * connection: after a manual failover the old master is demoted only
+     * seconds later, and would take writes meanwhile. */
+    int sentinel_check_ms;
 } gw_redis_opts_t;
 
 /* err GW_OK with reply (which may be a REDIS_REPLY_ERROR reply: check

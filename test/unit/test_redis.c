@@ -9,6 +9,14 @@
  *
  * Keys carry the process id.  test_auth sets requirepass for a moment and
  * clears it again; the tests that stop the server start it again.
+ *
+ * The Sentinel tests (test_sentinel_*) need no variable: they start real
+ * redis-server processes of their own (data nodes and sentinels, daemonized,
+ * on free loopback ports, in a temporary directory removed by their
+ * teardown).  A failover with three sentinels (kill -9 the master) is in
+ * test/integration/sentinel.test.js; here: discovery past dead, silent and
+ * bad sentinels, a sentinel that answered asked first, ROLE, READONLY, the
+ * periodic check, and closing while a sentinel is being asked.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,9 +24,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "gw.h"
@@ -469,6 +480,304 @@ static void test_close(void **state)
     close_client(r);
 }
 
+
+/* ------------------------------------------------------------------ Sentinel */
+
+static char sdir[64]; /* temporary directory of the nodes; "" when none */
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+/* A port nothing listens on right now (bound and released). */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = 0 };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* A listening socket that never accepts: connects succeed, nothing is ever
+ * answered (a hung sentinel).  Returns the fd; *port gets its port. */
+static int blackhole(int *portp)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = 0 };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, 16), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    *portp = ntohs(a.sin_port);
+    return fd;
+}
+
+static int node_pings(int p)
+{
+    return sh("redis-cli -h 127.0.0.1 -p %d PING 2>/dev/null | grep -q PONG", p) == 0;
+}
+
+/* Starts a daemonized redis-server named name (a sentinel when sentinel_of
+ * is a port: it monitors "mymaster" there, quorum 1, and never fails over
+ * within a test) with extra config lines; returns its port. */
+static int node_start(const char *name, const char *extra, int sentinel_of)
+{
+    if (sdir[0] == '\0') {
+        snprintf(sdir, sizeof(sdir), "/tmp/gwtest-sentinel-XXXXXX");
+        if (mkdtemp(sdir) == NULL) fail_msg("mkdtemp failed");
+    }
+    for (int attempt = 0; attempt < 4; attempt++) {
+        int np = free_port();
+        char conf[256];
+        snprintf(conf, sizeof(conf), "%s/%s.conf", sdir, name);
+        FILE *f = fopen(conf, "w");
+        assert_non_null(f);
+        fprintf(f, "port %d\nbind 127.0.0.1\nprotected-mode no\ndaemonize yes\n"
+                   "pidfile %s/%s.pid\nlogfile %s/%s.log\ndir %s\n",
+                np, sdir, name, sdir, name, sdir);
+        if (sentinel_of > 0)
+            fprintf(f, "sentinel resolve-hostnames no\n"
+                       "sentinel monitor mymaster 127.0.0.1 %d 1\n"
+                       "sentinel down-after-milliseconds mymaster 60000\n"
+                       "sentinel failover-timeout mymaster 180000\n", sentinel_of);
+        else
+            fprintf(f, "save \"\"\nappendonly no\n");
+        if (extra) fprintf(f, "%s\n", extra);
+        fclose(f);
+        if (sh("cd %s && redis-server %s%s >/dev/null 2>&1", sdir, conf, sentinel_of > 0 ? " --sentinel" : "") != 0)
+            fail_msg("cannot run redis-server (is it installed?)");
+        for (int i = 0; i < 100; i++) {
+            if (node_pings(np)) return np;
+            usleep(50 * 1000);
+        }
+        sh("kill -9 $(cat %s/%s.pid 2>/dev/null) 2>/dev/null", sdir, name); /* port taken: again */
+    }
+    fail_msg("%s did not start (see %s/%s.log)", name, sdir, name);
+    return -1;
+}
+
+/* Teardown: every node started, then the directory. */
+static int nodes_cleanup(void **state)
+{
+    (void)state;
+    if (sdir[0] == '\0') return 0;
+    sh("for f in %s/*.pid; do [ -f \"$f\" ] && kill -9 $(cat \"$f\") 2>/dev/null; done; sleep 0.1; rm -rf %s",
+       sdir, sdir);
+    sdir[0] = '\0';
+    return 0;
+}
+
+static gw_redis_t *sentinel_client(const char *sentinels, const char *name, int timeout_ms, int check_ms)
+{
+    gw_redis_opts_t o = {
+        .host = "127.0.0.1", .port = 1, /* ignored */
+        .reconnect_min_ms = 50, .reconnect_max_ms = 400,
+        .command_timeout_ms = timeout_ms,
+        .sentinels = sentinels, .master_name = name,
+        .sentinel_check_ms = check_ms,
+    };
+    gw_redis_t *r = gw_redis_new(&loop, &o);
+    assert_non_null(r);
+    return r;
+}
+
+/* The port of the server r is connected to (CONFIG GET port). */
+static void port_cb(void *udata, gw_err_t err, redisReply *reply)
+{
+    int *p = udata;
+    *p = -1;
+    if (err == GW_OK && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[1]->type == REDIS_REPLY_STRING)
+        *p = atoi(reply->element[1]->str);
+}
+
+static int server_port(gw_redis_t *r)
+{
+    int p = 0;
+    assert_int_equal(gw_redis_cmd(r, port_cb, &p, "CONFIG GET port"), GW_OK);
+    if (!run_until(flag_set, &p, 5000)) fail_msg("CONFIG GET port not answered");
+    return p;
+}
+
+/* Discovery past a refused, a bad (host name) and a silent sentinel; the
+ * one that answered is asked first after a reconnect (no timeout then). */
+static void test_sentinel_discovery(void **state)
+{
+    (void)state;
+    int m = node_start("m", NULL, 0);
+    int s1 = node_start("s1", NULL, m);
+    int bhport;
+    int bh = blackhole(&bhport);
+    char list[256];
+    snprintf(list, sizeof(list), " 127.0.0.1:1 , localhost:26379,[::1]:1,127.0.0.1:%d,127.0.0.1:%d", bhport, s1);
+
+    gw_redis_t *r = sentinel_client(list, "mymaster", 500, 0);
+    uint64_t t0 = gw_mono_us();
+    gw_redis_start(r);
+    rec_t a;
+    memset(&a, 0, sizeof(a));
+    assert_int_equal(gw_redis_cmd(r, rec_cb, &a, "PING"), GW_EUNAVAIL);
+    if (!run_until(is_up, r, 10000)) fail_msg("not up through the sentinel");
+    uint64_t took = gw_mono_us() - t0;
+    assert_true(took >= 450000u); /* waited for the silent one */
+    assert_int_equal(server_port(r), m);
+    assert_int_equal(gw_redis_cmd(r, rec_cb, &a, "SET %s v", k("sentinel")), GW_OK);
+    wait_rec(&a, 5000);
+    assert_int_equal(a.err, GW_OK);
+    assert_string_equal(a.str, "OK");
+
+    /* the connection goes: back at once, the answering sentinel first */
+    assert_int_equal(sh("redis-cli -h 127.0.0.1 -p %d CLIENT KILL TYPE normal >/dev/null", m), 0);
+    if (!run_until(is_down, r, 5000)) fail_msg("connection kill not seen");
+    t0 = gw_mono_us();
+    if (!run_until(is_up, r, 5000)) fail_msg("not back up");
+    took = gw_mono_us() - t0;
+    assert_true(took < 400000u);
+    assert_int_equal(server_port(r), m);
+    close_client(r);
+    close(bh);
+}
+
+/* The sentinel knows no such master: never up, commands fail fast. */
+static void test_sentinel_unknown_master(void **state)
+{
+    (void)state;
+    int m = node_start("m", NULL, 0);
+    int s1 = node_start("s1", NULL, m);
+    char list[64];
+    snprintf(list, sizeof(list), "127.0.0.1:%d", s1);
+    gw_redis_t *r = sentinel_client(list, "no-such-master", 500, 0);
+    gw_redis_start(r);
+    run_for(400);
+    rec_t a;
+    memset(&a, 0, sizeof(a));
+    assert_false(gw_redis_up(r));
+    assert_int_equal(gw_redis_cmd(r, rec_cb, &a, "PING"), GW_EUNAVAIL);
+    assert_int_equal(a.calls, 0);
+    close_client(r);
+
+    /* a plain Redis is not a sentinel (error reply): never up either */
+    snprintf(list, sizeof(list), "127.0.0.1:%d", m);
+    r = sentinel_client(list, "mymaster", 500, 0);
+    gw_redis_start(r);
+    run_for(300);
+    assert_false(gw_redis_up(r));
+    close_client(r);
+}
+
+/* The master becomes a replica behind the client's back: the next write
+ * gets READONLY and the connection is dropped; the sentinel still names it,
+ * but ROLE says "slave": not up again until it is a master again. */
+static void test_sentinel_role_readonly(void **state)
+{
+    (void)state;
+    int m = node_start("m", NULL, 0);
+    int other = node_start("other", NULL, 0);
+    int s1 = node_start("s1", NULL, m);
+    char list[64];
+    snprintf(list, sizeof(list), "127.0.0.1:%d", s1);
+    gw_redis_t *r = sentinel_client(list, "mymaster", 1000, -1); /* no periodic check */
+    gw_redis_start(r);
+    if (!run_until(is_up, r, 10000)) fail_msg("not up through the sentinel");
+
+    assert_int_equal(sh("redis-cli -h 127.0.0.1 -p %d REPLICAOF 127.0.0.1 %d >/dev/null", m, other), 0);
+    rec_t a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(gw_redis_cmd(r, rec_cb, &a, "SET %s v", k("ro")), GW_OK);
+    assert_int_equal(gw_redis_cmd(r, rec_cb, &b, "PING"), GW_OK); /* pipelined behind it */
+    wait_rec(&b, 5000);
+    assert_int_equal(a.err, GW_OK);
+    assert_int_equal(a.type, REDIS_REPLY_ERROR);
+    assert_memory_equal(a.str, "READONLY", 8);
+    assert_int_equal(b.calls, 1);
+    assert_false(gw_redis_up(r));
+    run_for(1000); /* several reconnects: ROLE refuses each */
+    assert_false(gw_redis_up(r));
+    memset(&a, 0, sizeof(a));
+    assert_int_equal(gw_redis_cmd(r, rec_cb, &a, "PING"), GW_EUNAVAIL);
+
+    assert_int_equal(sh("redis-cli -h 127.0.0.1 -p %d REPLICAOF NO ONE >/dev/null", m), 0);
+    if (!run_until(is_up, r, 5000)) fail_msg("not up once a master again");
+    memset(&a, 0, sizeof(a));
+    assert_int_equal(gw_redis_cmd(r, rec_cb, &a, "SET %s v", k("ro")), GW_OK);
+    wait_rec(&a, 5000);
+    assert_string_equal(a.str, "OK");
+    close_client(r);
+}
+
+/* The sentinel's answer changes while connected (the master is still
+ * reachable and still a master): the periodic check moves the client. */
+static void test_sentinel_check(void **state)
+{
+    (void)state;
+    int m = node_start("m", NULL, 0);
+    int m2 = node_start("m2", NULL, 0);
+    int s1 = node_start("s1", NULL, m);
+    char list[64];
+    snprintf(list, sizeof(list), "127.0.0.1:%d", s1);
+    gw_redis_t *r = sentinel_client(list, "mymaster", 1000, 200);
+    gw_redis_start(r);
+    if (!run_until(is_up, r, 10000)) fail_msg("not up through the sentinel");
+    assert_int_equal(server_port(r), m);
+    run_for(500); /* checks that find nothing new change nothing */
+    assert_true(gw_redis_up(r));
+    assert_int_equal(server_port(r), m);
+
+    assert_int_equal(sh("redis-cli -h 127.0.0.1 -p %d SENTINEL REMOVE mymaster >/dev/null && "
+                        "redis-cli -h 127.0.0.1 -p %d SENTINEL MONITOR mymaster 127.0.0.1 %d 1 >/dev/null",
+                        s1, s1, m2), 0);
+    int moved = 0;
+    uint64_t end = gw_mono_us() + 5000000u;
+    while (!moved && gw_mono_us() < end) {
+        run_for(100);
+        if (gw_redis_up(r) && server_port(r) == m2) moved = 1;
+    }
+    assert_true(moved);
+    close_client(r);
+}
+
+/* No usable sentinel; closing while a (silent) sentinel is being asked. */
+static void test_sentinel_unreachable(void **state)
+{
+    (void)state;
+    gw_redis_t *r = sentinel_client("redis.example:26379, 10.0.0.1, nonsense", "mymaster", 500, 0);
+    gw_redis_start(r);
+    run_for(200);
+    assert_false(gw_redis_up(r));
+    close_client(r);
+
+    int bhport;
+    int bh = blackhole(&bhport);
+    char list[64];
+    snprintf(list, sizeof(list), "127.0.0.1:1,127.0.0.1:%d", bhport);
+    r = sentinel_client(list, "mymaster", 5000, 0);
+    gw_redis_start(r);
+    run_for(200); /* refused, then waiting on the silent one */
+    rec_t a;
+    memset(&a, 0, sizeof(a));
+    assert_int_equal(gw_redis_cmd(r, rec_cb, &a, "PING"), GW_EUNAVAIL);
+    close_client(r);
+    close(bh);
+
+    r = sentinel_client(list, "mymaster", 5000, 0); /* never started */
+    close_client(r);
+}
+
 /* ------------------------------------------------------------------ main */
 
 /* After a test that stops the server: start it again even when the test
@@ -509,6 +818,11 @@ int main(void)
         cmocka_unit_test_teardown(test_server_restart, ensure_started),
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_close),
+        cmocka_unit_test_teardown(test_sentinel_discovery, nodes_cleanup),
+        cmocka_unit_test_teardown(test_sentinel_unknown_master, nodes_cleanup),
+        cmocka_unit_test_teardown(test_sentinel_role_readonly, nodes_cleanup),
+        cmocka_unit_test_teardown(test_sentinel_check, nodes_cleanup),
+        cmocka_unit_test(test_sentinel_unreachable),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
