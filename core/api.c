@@ -49,6 +49,8 @@ static const struct {
     { "rotation_next", "SELECT to_jsonb(gw_rotation_next($1))" },
     { "order_transition", "SELECT gw_order_transition($1::bigint, $2::text[], $3, $4::jsonb, $5)" },
     { "order_get", "SELECT to_jsonb(o) FROM orders o WHERE merchant_id = $1 AND trade_no = $2" },
+    { "order_reversed_after_payment", "SELECT gw_order_reversed_after_payment($1::bigint, $2::jsonb)" },
+    { "order_lease", "SELECT gw_order_lease($1::bigint, $2, $3::int)" },
     { "order_get_out", "SELECT to_jsonb(o) FROM orders o WHERE merchant_id = $1 AND out_trade_no = $2" },
     { "refund_create", "SELECT gw_refund_create($1::jsonb)" },
     { "refund_transition", "SELECT gw_refund_transition($1::bigint, $2, $3::jsonb, $4)" },
@@ -1102,25 +1104,20 @@ static void get_after_sync(api_req_t *a, gw_err_t err)
 static void get_query_cb(void *udata, gw_chanop_out_t *out)
 {
     api_req_t *a = udata;
-    const char *to = NULL, *from = NULL;
+    const char *st = jstr(a->order, "status");
+    const char *to = st; /* nothing learned: the same state, which reschedules and releases the lease */
     if (out->err == GW_OK) {
         switch (out->res.status) {
         case GW_PAY_SUCCESS:
-        case GW_PAY_REFUNDED:
-            to = "SUCCESS", from = "{PENDING,USER_PAYING,UNKNOWN}";
-            break;
-        case GW_PAY_USER_PAYING: to = "USER_PAYING", from = "{UNKNOWN}"; break;
+        case GW_PAY_REFUNDED: to = "SUCCESS"; break;
+        case GW_PAY_USER_PAYING: to = "USER_PAYING"; break;
         case GW_PAY_CLOSED:
-        case GW_PAY_REVERSED: to = "CLOSED", from = "{PENDING,USER_PAYING,UNKNOWN}"; break;
-        case GW_PAY_FAILED: to = "FAILED", from = "{PENDING,USER_PAYING,UNKNOWN}"; break;
-        default: break; /* NOT_PAID, UNKNOWN: nothing learned */
+        case GW_PAY_REVERSED: to = "CLOSED"; break;
+        case GW_PAY_FAILED: to = "FAILED"; break;
+        default: break; /* NOT_PAID, UNKNOWN */
         }
     }
-    if (to == NULL) {
-        reply_order(a, 200);
-        return;
-    }
-    order_transition(a, from, to, &out->res, get_after_sync);
+    order_transition(a, "{PENDING,USER_PAYING,UNKNOWN}", to, &out->res, get_after_sync);
 }
 
 static void get_sub_cb(void *udata, gw_err_t err, cJSON *j)
@@ -1141,6 +1138,33 @@ static void get_sub_cb(void *udata, gw_err_t err, cJSON *j)
     if (rc != GW_OK) reply_order(a, 200);
 }
 
+static void get_order_cb_plain(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    if (err != GW_OK) {
+        api_db_error(a, err);
+        return;
+    }
+    a->order = cJSON_Duplicate(j, 1);
+    reply_order(a, 200);
+}
+
+static void get_lease_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    (void)j;
+    if (err != GW_OK) {
+        /* a task is talking to the channel about this order: answer what is
+         * recorded; the task's result follows shortly */
+        reply_order(a, 200);
+        return;
+    }
+    char id[24];
+    snprintf(id, sizeof(id), "%lld", (long long)jint(a->order, "sub_merchant_id"));
+    const char *v[] = { id };
+    if (gw_pg_json(a->app, "sub_get", 1, v, get_sub_cb, a) != GW_OK) reply_order(a, 200);
+}
+
 static void get_order_cb(void *udata, gw_err_t err, cJSON *j)
 {
     api_req_t *a = udata;
@@ -1155,12 +1179,13 @@ static void get_order_cb(void *udata, gw_err_t err, cJSON *j)
     a->order = cJSON_Duplicate(j, 1);
     snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(j, "trade_no"));
     const char *st = jstr(j, "status");
-    /* not final and not still being created: ask the channel */
-    if (!is_final(st) && strcmp(st, "CREATED") != 0) {
+    /* not final and not still being created: ask the channel — holding the
+     * order's lease, so no task talks to the channel about it meanwhile */
+    if (!is_final(st) && strcmp(st, "CREATED") != 0 && a->app->tasks) {
         char id[24];
-        snprintf(id, sizeof(id), "%lld", (long long)jint(j, "sub_merchant_id"));
-        const char *v[] = { id };
-        if (gw_pg_json(a->app, "sub_get", 1, v, get_sub_cb, a) == GW_OK) return;
+        snprintf(id, sizeof(id), "%lld", (long long)jint(j, "id"));
+        const char *v[] = { id, gw_tasks_owner(a->app->tasks), "15000" };
+        if (gw_pg_json(a->app, "order_lease", 3, v, get_lease_cb, a) == GW_OK) return;
     }
     reply_order(a, 200);
 }
@@ -1220,10 +1245,42 @@ static void close_after(api_req_t *a, gw_err_t err)
     reply_order(a, 200);
 }
 
+static void close_reversal_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    api_req_t *a = udata;
+    (void)j;
+    if (err != GW_OK)
+        gw_log_req(GW_LOG_ERR, a->req->id, "order %s: recording the reversal after payment failed (%s)",
+                   a->trade_no, gw_strerror(err));
+    /* answer the order as it stands now (SUCCESS, refunded in full) */
+    const char *v[] = { a->merchant_id, a->trade_no };
+    cJSON_Delete(a->order);
+    a->order = NULL;
+    if (gw_pg_json(a->app, "order_get", 2, v, get_order_cb_plain, a) != GW_OK)
+        api_error(a, 503, "service_unavailable", "the database is unavailable");
+}
+
+static void close_after_reverse(api_req_t *a, gw_err_t err)
+{
+    /* paid between our query and the reverse: the channel gave the money
+     * back, which is recorded as a full refund */
+    if (err == GW_OK && strcmp(jstr(a->order, "status"), "SUCCESS") == 0) {
+        char id[24];
+        snprintf(id, sizeof(id), "%lld", (long long)jint(a->order, "id"));
+        const char *v[] = { id, "{\"reason\":\"reversed after payment (merchant close)\"}" };
+        if (gw_pg_json(a->app, "order_reversed_after_payment", 2, v, close_reversal_cb, a) == GW_OK) return;
+    }
+    reply_order(a, 200);
+}
+
 static void close_cb(void *udata, gw_chanop_out_t *out)
 {
     api_req_t *a = udata;
-    if (out->err == GW_OK && (out->res.status == GW_PAY_CLOSED || out->res.status == GW_PAY_REVERSED)) {
+    if (out->err == GW_OK && out->res.status == GW_PAY_REVERSED) {
+        order_transition(a, "{PENDING,USER_PAYING,UNKNOWN}", "CLOSED", &out->res, close_after_reverse);
+        return;
+    }
+    if (out->err == GW_OK && out->res.status == GW_PAY_CLOSED) {
         order_transition(a, "{PENDING,USER_PAYING,UNKNOWN}", "CLOSED", &out->res, close_after);
         return;
     }

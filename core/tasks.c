@@ -175,14 +175,58 @@ static void order_save(job_t *j, const char *from, const char *to, uint32_t next
     if (rc != GW_OK) order_saved(j, rc, NULL);
 }
 
+static void reversal_recorded(void *udata, gw_err_t err, cJSON *res)
+{
+    job_t *j = udata;
+    if (err != GW_OK)
+        gw_log(GW_LOG_ERR, "tasks: order %s: recording the reversal after payment failed (%s)",
+               gw_jstr(j->order, "trade_no"), gw_strerror(err));
+    else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "recorded")))
+        gw_log(GW_LOG_WARN, "tasks: order %s was paid and then reversed at the channel: refund %s of %lld recorded",
+               gw_jstr(j->order, "trade_no"), gw_jstr(res, "refund_no"), (long long)gw_jint(res, "amount"));
+    job_free(j);
+}
+
+/* After a successful reverse: CLOSED — unless the order became SUCCESS
+ * meanwhile (a notification raced the reverse): the channel then returned
+ * the money, which is recorded as a full refund. */
+static void reverse_saved(void *udata, gw_err_t err, cJSON *res)
+{
+    job_t *j = udata;
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(res, "order");
+    const char *now = gw_jstr(o, "status");
+    if (err == GW_OK && now && strcmp(now, "SUCCESS") == 0) {
+        char id[24];
+        snprintf(id, sizeof(id), "%lld", (long long)gw_jint(j->order, "id"));
+        const char *v[] = { id, "{\"reason\":\"reversed after payment\"}" };
+        if (gw_pg_json(j->t->app, "order_reversed_after_payment", 2, v, reversal_recorded, j) == GW_OK) return;
+    }
+    order_saved(j, err, res);
+}
+
 static void order_closed(void *udata, gw_chanop_out_t *out)
 {
     job_t *j = udata;
     const char *st = gw_jstr(j->order, "status");
     if (out->err == GW_OK) {
         switch (out->res.status) {
+        case GW_PAY_REVERSED: {
+            cJSON *p = cJSON_CreateObject();
+            if (out->res.raw_code[0]) cJSON_AddStringToObject(p, "channel_code", out->res.raw_code);
+            cJSON_AddStringToObject(p, "channel_msg", "reversed");
+            char *patch = cJSON_PrintUnformatted(p);
+            cJSON_Delete(p);
+            char id[24], from[64];
+            snprintf(id, sizeof(id), "%lld", (long long)gw_jint(j->order, "id"));
+            snprintf(from, sizeof(from), "{%s}", st);
+            const char *v[] = { id, from, "CLOSED", patch, "task" };
+            gw_log(GW_LOG_INFO, "tasks: order %s %s → CLOSED (reversed)", gw_jstr(j->order, "trade_no"), st);
+            gw_err_t rc = gw_pg_json(j->t->app, "order_transition", 5, v, reverse_saved, j);
+            cJSON_free(patch);
+            if (rc != GW_OK) order_saved(j, rc, NULL);
+            return;
+        }
         case GW_PAY_CLOSED:
-        case GW_PAY_REVERSED:
             order_save(j, st, "CLOSED", 0, &out->res, "task");
             return;
         case GW_PAY_SUCCESS:
@@ -241,8 +285,14 @@ static void order_queried(void *udata, gw_chanop_out_t *out)
         order_save(j, st, to, scaled(j->t, j->pol.poll_interval_ms), &out->res, "query");
         return;
     }
-    /* c-to-b */
-    if (j->expired) {
+    /* c-to-b.  An order that never got its QR code or JSAPI parameters
+     * (CREATED: a crash before the channel answered; UNKNOWN: the answer
+     * was lost) cannot have been shown to the customer, so once the channel
+     * says it is not paid it is closed without waiting for its expiry. */
+    const cJSON *pd = cJSON_GetObjectItemCaseSensitive(j->order, "pay_data");
+    int never_shown = (pd == NULL || cJSON_IsNull(pd)) &&
+                      (strcmp(st, "CREATED") == 0 || strcmp(st, "UNKNOWN") == 0);
+    if (j->expired || (never_shown && r == GW_PAY_NOT_PAID)) {
         if (j->age_ms >= (int64_t)j->pol.close_min_age_ms) {
             order_close(j, 0);
             return;
@@ -583,6 +633,8 @@ void gw_tasks_start(gw_tasks_t *t)
     uv_timer_start(&t->timer, on_tick, (uint64_t)t->app->cfg.tasks.tick_ms,
                    (uint64_t)t->app->cfg.tasks.tick_ms);
 }
+
+const char *gw_tasks_owner(const gw_tasks_t *t) { return t->owner; }
 
 int gw_tasks_busy(const gw_tasks_t *t)
 {

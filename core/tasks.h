@@ -12,6 +12,8 @@ typedef struct gw_tasks gw_tasks_t;
 /* Registers prepared statements: call before gw_pg_start. */
 gw_tasks_t *gw_tasks_new(gw_app_t *app);
 void gw_tasks_start(gw_tasks_t *t);
+/* This node's lease owner name. */
+const char *gw_tasks_owner(const gw_tasks_t *t);
 /* Jobs in flight or being claimed. */
 int gw_tasks_busy(const gw_tasks_t *t);
 /* Stops claiming, waits for jobs in flight, frees t, then calls done. */

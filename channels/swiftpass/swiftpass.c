@@ -955,6 +955,14 @@ static gw_err_t sp_close_parse(const gw_chan_call_t *call, const gw_chan_respons
         int rev = (call->flags & GW_CALL_REVERSE) != 0;
         res->status = rev ? GW_PAY_REVERSED : GW_PAY_CLOSED;
         sp_copyz(res->raw_code, sizeof(res->raw_code), rev ? "REVERSED" : "CLOSED");
+    } else if (sp_eq(h->kv_get(kv, "err_code"), "ORDERNOTEXIST")) {
+        /* The platform has no such trade: the pay request never reached it
+         * (a crash or a proxy error before it left).  The core closes or
+         * reverses only past the order's deadline, so nothing can pay it
+         * any more: it is closed, and saying so ends the follow-up. */
+        int rev = (call->flags & GW_CALL_REVERSE) != 0;
+        res->status = rev ? GW_PAY_REVERSED : GW_PAY_CLOSED;
+        sp_copyz(res->raw_code, sizeof(res->raw_code), "ORDERNOTEXIST");
     } else {
         /* not closed (ORDERPAID, ORDERSTATUSERROR, …): the order's state is
          * for a query to tell */

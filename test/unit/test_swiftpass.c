@@ -1295,6 +1295,20 @@ static void t_close_reverse(void **state)
     assert_string_equal(res.raw_code, "ORDERPAID");
     assert_int_equal(res.retry, 1);
     H->buf_free(&res.pay_data);
+    /* a trade the platform never saw (the pay request did not reach it):
+     * reversing or closing it past the deadline ends as reversed / closed */
+    assert_int_equal(parse_free(CH->close_parse, &c, 200,
+                                mkresp(MD5_MCH, SG_MD5, (kvp_t[]){ { "result_code", "1" }, { "err_code", "ORDERNOTEXIST" }, END }),
+                                &res),
+                     GW_PAY_REVERSED);
+    assert_string_equal(res.raw_code, "ORDERNOTEXIST");
+    H->buf_free(&res.pay_data);
+    c.flags = 0;
+    assert_int_equal(parse_free(CH->close_parse, &c, 200,
+                                mkresp(MD5_MCH, SG_MD5, (kvp_t[]){ { "result_code", "1" }, { "err_code", "ORDERNOTEXIST" }, END }),
+                                &res),
+                     GW_PAY_CLOSED);
+    H->buf_free(&res.pay_data);
 }
 
 /* Everything that cannot be trusted is UNKNOWN, never FAILED. */
