@@ -805,6 +805,11 @@ static void create_with_sub(api_req_t *a, const char *channel)
     cJSON_AddStringToObject(p, "channel_mch_id", jstr(a->sub, "mch_id") ? jstr(a->sub, "mch_id") : "");
     cJSON_AddStringToObject(p, "request_hash", jstr(a->body, "__hash"));
     cJSON_AddNumberToObject(p, "next_check_ms", gw_tasks_first_check_ms(a->app, NULL, "CREATED"));
+    /* the order is ours until the channel answered (or could have) */
+    if (a->app->tasks) {
+        cJSON_AddNumberToObject(p, "lease_ms", a->app->cfg.channels.call_timeout_ms * 2 + 5000);
+        cJSON_AddStringToObject(p, "lease_owner", gw_tasks_owner(a->app->tasks));
+    }
     if (!jstr(p, "client_ip")) cJSON_AddStringToObject(p, "client_ip", a->req->peer);
     char *text = cJSON_PrintUnformatted(p);
     cJSON_Delete(p);

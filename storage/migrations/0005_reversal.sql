@@ -53,3 +53,31 @@ BEGIN
     PERFORM gw_refund_transition(r.id, 'SUCCESS', p_detail, 'reverse');
     RETURN jsonb_build_object('recorded', true, 'refund_no', r.refund_no, 'amount', v_left);
 END $$;
+
+-- A new order is leased to the node that creates it for as long as its
+-- channel call may take (p.lease_ms, p.lease_owner), so no follow-up task
+-- touches it while the request that created it is still talking to the
+-- channel.  The first transition releases the lease.
+CREATE OR REPLACE FUNCTION gw_set_first_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF COALESCE(current_setting('paygate.next_check_ms', true), '') <> '' THEN
+        NEW.next_check_at := now() + make_interval(
+            secs => current_setting('paygate.next_check_ms', true)::float8 / 1000);
+    END IF;
+    IF TG_TABLE_NAME = 'orders' AND COALESCE(current_setting('paygate.lease_ms', true), '') <> '' THEN
+        NEW.lease_owner := current_setting('paygate.lease_owner', true);
+        NEW.lease_until := now() + make_interval(
+            secs => current_setting('paygate.lease_ms', true)::float8 / 1000);
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION gw_order_create(p jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('paygate.next_check_ms', COALESCE(p->>'next_check_ms', ''), true);
+    PERFORM set_config('paygate.lease_ms', COALESCE(p->>'lease_ms', ''), true);
+    PERFORM set_config('paygate.lease_owner', COALESCE(p->>'lease_owner', ''), true);
+    RETURN gw_order_create_v1(p);
+END $$;
