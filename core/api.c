@@ -1516,6 +1516,10 @@ static void refund_authed(api_req_t *a)
     cJSON_AddNumberToObject(p, "amount", (double)amount);
     if (jstr(a->body, "reason")) cJSON_AddStringToObject(p, "reason", jstr(a->body, "reason"));
     cJSON_AddNumberToObject(p, "next_check_ms", gw_tasks_first_check_ms(a->app, NULL, "REFUND"));
+    if (a->app->tasks) { /* ours until the channel answered */
+        cJSON_AddNumberToObject(p, "lease_ms", a->app->cfg.channels.call_timeout_ms * 2 + 5000);
+        cJSON_AddStringToObject(p, "lease_owner", gw_tasks_owner(a->app->tasks));
+    }
     char *text = cJSON_PrintUnformatted(p);
     cJSON_Delete(p);
     const char *v[] = { text };

@@ -96,6 +96,32 @@ static void parse_work(uv_work_t *w)
     }
 }
 
+/* The core's own check of a verdict, whatever the module did: an answer
+ * about another merchant number or another amount than ours is not about
+ * this order (docs/channels.md). */
+static void check_echo(op_t *o)
+{
+    gw_chan_result_t *res = &o->out.res;
+    const char *why = NULL;
+    const gw_chan_merchant_t *m = o->call.merchant;
+    size_t n = strlen(res->mch_id);
+    if (n && m && (n != m->mch_id.len || memcmp(res->mch_id, m->mch_id.ptr, n) != 0))
+        why = "answer names another merchant number";
+    int refund = o->kind == GW_OP_REFUND || (o->kind == GW_OP_QUERY && (o->call.flags & GW_CALL_REFUND_QUERY));
+    int64_t want = refund ? (o->call.refund ? o->call.refund->amount : -1)
+                          : (o->call.order ? o->call.order->amount : -1);
+    int success = refund ? res->status == GW_REFUND_SUCCESS
+                         : (res->status == GW_PAY_SUCCESS || res->status == GW_PAY_REFUNDED);
+    if (!why && success && res->amount >= 0 && want >= 0 && res->amount != want)
+        why = "answer states another amount";
+    if (why) {
+        gw_log(GW_LOG_WARN, "channel %s %s: %s; outcome treated as unknown", o->channel,
+               op_names[o->kind], why);
+        res->status = 0; /* UNKNOWN: re-queried, never trusted */
+        snprintf(res->raw_msg, sizeof(res->raw_msg), "paygate: %s", why);
+    }
+}
+
 static void parse_done(uv_work_t *w, int status)
 {
     op_t *o = w->data;
@@ -104,6 +130,8 @@ static void parse_done(uv_work_t *w, int status)
         o->out.res.status = 0; /* UNKNOWN */
         snprintf(o->out.res.raw_msg, sizeof(o->out.res.raw_msg), "response not understood: %s",
                  gw_strerror(o->stage_err));
+    } else {
+        check_echo(o);
     }
     op_finish(o);
 }

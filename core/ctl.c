@@ -495,17 +495,18 @@ static gw_err_t parse_request(ctl_t *c, http_in_t *h)
     h->in.query = q ? (gw_str_t){ q + 1, (size_t)(sp2 - q - 1) } : (gw_str_t){ "", 0 };
     p = nl ? nl + 1 : end;
     while (p < end) {
+        const char *line = p;
         nl = memchr(p, '\n', (size_t)(end - p));
         le = nl ? nl : end;
         l = (size_t)(le - p);
         if (l && p[l - 1] == '\r') l--;
         p = nl ? nl + 1 : end;
         if (l == 0) break; /* the blank line */
-        if (memchr(le - l, ':', l) == NULL) {
-            fprintf(c->err, "paygated channel: malformed header line \"%.*s\"\n", (int)l, le - l);
+        if (memchr(line, ':', l) == NULL) {
+            fprintf(c->err, "paygated channel: malformed header line \"%.*s\"\n", (int)l, line);
             return GW_EPARSE;
         }
-        gw_err_t rc = gw_buf_append(&h->headers, le - l, l);
+        gw_err_t rc = gw_buf_append(&h->headers, line, l);
         if (rc == GW_OK) rc = gw_buf_append(&h->headers, "\r\n", 2);
         if (rc != GW_OK) return rc;
     }

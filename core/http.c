@@ -319,8 +319,11 @@ static void build_response(gw_buf_t *out, int status, const char *ctype, const c
                            size_t len, const char *reqid, const gw_buf_t *extra, int keepalive)
 {
     gw_buf_appendf(out, "HTTP/1.1 %d %s\r\n", status, gw_http_reason(status));
-    if (ctype) gw_buf_appendf(out, "Content-Type: %s\r\n", ctype);
-    gw_buf_appendf(out, "Content-Length: %zu\r\n", len);
+    /* 204 and 304 carry no body and no Content-Length (RFC 9110 §8.6) */
+    int bodiless = status == 204 || status == 304;
+    if (bodiless) len = 0;
+    if (ctype && !bodiless) gw_buf_appendf(out, "Content-Type: %s\r\n", ctype);
+    if (!bodiless) gw_buf_appendf(out, "Content-Length: %zu\r\n", len);
     if (reqid) gw_buf_appendf(out, "X-Request-Id: %s\r\n", reqid);
     if (extra && extra->len) gw_buf_append(out, extra->data, extra->len);
     gw_buf_appends(out, keepalive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");

@@ -81,3 +81,29 @@ BEGIN
     PERFORM set_config('paygate.lease_owner', COALESCE(p->>'lease_owner', ''), true);
     RETURN gw_order_create_v1(p);
 END $$;
+
+-- Refunds likewise: leased to the request creating them until its channel
+-- call is over, so the follow-up does not send them a second time meanwhile.
+CREATE OR REPLACE FUNCTION gw_set_first_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF COALESCE(current_setting('paygate.next_check_ms', true), '') <> '' THEN
+        NEW.next_check_at := now() + make_interval(
+            secs => current_setting('paygate.next_check_ms', true)::float8 / 1000);
+    END IF;
+    IF COALESCE(current_setting('paygate.lease_ms', true), '') <> '' THEN
+        NEW.lease_owner := current_setting('paygate.lease_owner', true);
+        NEW.lease_until := now() + make_interval(
+            secs => current_setting('paygate.lease_ms', true)::float8 / 1000);
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION gw_refund_create(p jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('paygate.next_check_ms', COALESCE(p->>'next_check_ms', ''), true);
+    PERFORM set_config('paygate.lease_ms', COALESCE(p->>'lease_ms', ''), true);
+    PERFORM set_config('paygate.lease_owner', COALESCE(p->>'lease_owner', ''), true);
+    RETURN gw_refund_create_v1(p);
+END $$;

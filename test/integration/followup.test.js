@@ -52,8 +52,12 @@ function merchantServer(plan) {
       perTrade.set(trade, n);
       hits.push({ at: Date.now(), trade, n, headers: req.headers, body, json: j });
       const a = plan(n, trade);
-      res.writeHead(a.status || 200, { 'Content-Type': 'text/plain' });
-      res.end(a.body);
+      const answer = () => {
+        res.writeHead(a.status || 200, { 'Content-Type': 'text/plain' });
+        res.end(a.body);
+      };
+      if (a.delayMs) setTimeout(answer, a.delayMs);
+      else answer();
     });
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
@@ -207,7 +211,9 @@ test('an expired unpaid order is closed, and not before the channel\'s minimum a
 
 test('two paygated processes share the work: every notification delivered exactly once', async () => {
   const gw2 = await h.startPaygated({ services, config: gwConfig({ batch: 4, node_id: 'node-two' }) });
-  const m = await merchantServer(() => ({ body: 'success' }));
+  // a merchant that takes a moment to answer: deliveries overlap, so both
+  // nodes find work
+  const m = await merchantServer(() => ({ body: 'success', delayMs: 150 }));
   try {
     const trades = [];
     for (let i = 0; i < 40; i++) {
