@@ -40,7 +40,7 @@ extern "C" {
 #endif
 
 #define GW_CHANNEL_ABI_MAJOR 1
-#define GW_CHANNEL_ABI_MINOR 1
+#define GW_CHANNEL_ABI_MINOR 2
 #define GW_CHANNEL_ABI_VERSION ((GW_CHANNEL_ABI_MAJOR << 16) | GW_CHANNEL_ABI_MINOR)
 /* Identifies what the struct layouts depend on (nginx NGX_MODULE_SIGNATURE). */
 #define GW_CHANNEL_BUILD_SIG "gw1:lp64:le"
@@ -246,7 +246,7 @@ typedef struct gw_chan_notify {
 } gw_chan_notify_t;
 
 /* ------------------------------------------------------------------ */
-/* The host API: version 1.0.  Append only. */
+/* The host API: version 1.2 (1.0 + the XML members of 1.2).  Append only. */
 
 typedef struct gw_rsa_key gw_rsa_key_t; /* opaque, owned by the core */
 typedef struct gw_kv gw_kv_t;           /* opaque key/value list */
@@ -346,6 +346,36 @@ struct gw_host_api {
 
     /* raw header lines → value of header name (case-insensitive) */
     gw_str_t (*header_get)(gw_str_t headers, const char *name);
+
+    /* added in 1.2: structured XML documents and the enveloped XML-DSig
+     * profile (PROTOCOLS.md §B.3; docs/channels.md).  A module checks
+     * host->struct_size before it uses them.  Every document is parsed by
+     * libxml2 the same way: at most 1 MiB of UTF-8, no DOCTYPE (so no
+     * entities beyond the predefined ones), no network, no comments and no
+     * processing instructions (GW_EPARSE otherwise). */
+    /* appends s escaped for XML text and attribute values (& < > " ' and CR
+     * as references); GW_EINVAL for invalid UTF-8 or characters XML 1.0
+     * cannot carry */
+    gw_err_t (*xml_escape)(const char *s, size_t n, gw_buf_t *out);
+    /* appends the text of the element at path, '/'-separated local names
+     * from the root ("document/request/head/ReqMsgId"); elements in a
+     * namespace never match.  GW_ENOENT when absent; GW_EPARSE when a step
+     * matches two siblings or the element has element children */
+    gw_err_t (*xml_get)(const char *doc, size_t len, const char *path, gw_buf_t *out);
+    /* adds every leaf element below the element at path to kv, keyed by its
+     * path relative to it ("RespInfo/ResultStatus"); GW_EPARSE on a repeated
+     * key, mixed content or a namespaced element (kv is left as it was) */
+    gw_err_t (*xml_kv)(const char *doc, size_t len, const char *path, gw_kv_t *kv);
+    /* appends the unsigned doc with an enveloped Signature inserted as the
+     * root's last child: inclusive C14N 1.0, rsa-sha256, one Reference
+     * URI="" with the enveloped-signature transform, SHA-1 digest.  The
+     * input must not contain a Signature; GW_EKEY for a public-only key */
+    gw_err_t (*xmldsig_sign)(const char *doc, size_t len, gw_rsa_key_t *key, gw_buf_t *signed_doc);
+    /* GW_OK when doc carries exactly that profile's Signature (one, the
+     * root's last child; no other algorithm, reference or transform) and it
+     * verifies with key; GW_ESIGN for anything else.  diag (may be NULL)
+     * gets one line: the reason of a rejection or what was verified */
+    gw_err_t (*xmldsig_verify)(const char *doc, size_t len, gw_rsa_key_t *key, gw_buf_t *diag);
 };
 
 /* added in 1.1: the channel's documented timing rules, which the core's

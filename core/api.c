@@ -1159,9 +1159,14 @@ static void get_lease_cb(void *udata, gw_err_t err, cJSON *j)
     api_req_t *a = udata;
     (void)j;
     if (err != GW_OK) {
-        /* a task is talking to the channel about this order: answer what is
-         * recorded; the task's result follows shortly */
-        reply_order(a, 200);
+        /* the order moved on since we read it (a notification was applied),
+         * or a task is talking to the channel about it: answer what is
+         * recorded now */
+        const char *v[] = { a->merchant_id, a->trade_no };
+        cJSON_Delete(a->order);
+        a->order = NULL;
+        if (gw_pg_json(a->app, "order_get", 2, v, get_order_cb_plain, a) != GW_OK)
+            api_error(a, 503, "service_unavailable", "the database is unavailable");
         return;
     }
     char id[24];

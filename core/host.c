@@ -1,5 +1,5 @@
 /*
- * host.c — the host-API table (gw_host_api_t 1.0) handed to channel modules.
+ * host.c — the host-API table (gw_host_api_t 1.2) handed to channel modules.
  *
  * Buffers, hashing, RSA, AES-GCM and the encodings are the core's own
  * functions (util.c, crypto.c), wired into the table as they are.  This file
@@ -14,7 +14,9 @@
  *               no network, no DTD, no entity substitution), URL-encoded
  *               forms, and the "k=v&…" strings the channels sign;
  *   json_*      thin, NULL-safe helpers over cJSON;
- *   header_get  a header value from raw "Name: value\r\n" lines.
+ *   header_get  a header value from raw "Name: value\r\n" lines;
+ *   xml_*       (1.2) structured XML documents and the enveloped XML-DSig
+ *               profile: xmldsig.c, and xml_kv's wrapper into kv lists.
  *
  * Everything here may run on the thread pool: shared state (the ctx map and
  * the key cache) is behind mutexes, everything else works on its arguments.
@@ -22,6 +24,7 @@
  */
 #include "host.h"
 #include "crypto.h"
+#include "xmldsig.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -696,6 +699,23 @@ static gw_str_t host_header_get(gw_str_t headers, const char *name)
 }
 
 /* ------------------------------------------------------------------ */
+/* XML documents (host API 1.2): xmldsig.c, plus the kv list wrapper */
+
+static gw_err_t xml_kv_add(void *udata, const char *key, size_t klen, const char *val, size_t vlen)
+{
+    return host_kv_add(udata, key, klen, val, vlen);
+}
+
+static gw_err_t host_xml_kv(const char *doc, size_t len, const char *path, gw_kv_t *kv)
+{
+    if (kv == NULL) return GW_EINVAL;
+    size_t n0 = kv->n;
+    gw_err_t rc = gw_xml_leaves(doc, len, path, xml_kv_add, kv);
+    if (rc != GW_OK) kv_truncate(kv, n0);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* the table */
 
 static const gw_host_api_t host_api = {
@@ -752,6 +772,13 @@ static const gw_host_api_t host_api = {
     .json_quote = host_json_quote,
 
     .header_get = host_header_get,
+
+    /* added in 1.2 */
+    .xml_escape = gw_xml_escape,
+    .xml_get = gw_xml_get,
+    .xml_kv = host_xml_kv,
+    .xmldsig_sign = gw_xmldsig_sign,
+    .xmldsig_verify = gw_xmldsig_verify,
 };
 
 const gw_host_api_t *gw_host_api(void)
