@@ -1,0 +1,1310 @@
+#!/usr/bin/env node
+/*
+ * alipay-sim — an Alipay OpenAPI (v2 gateway, ISV mode) simulator for paygate.
+ *
+ * Speaks the wire protocol of https://openapi.alipay.com/gateway.do as described in
+ * /work/shared/PROTOCOLS.md §C: a form POST (parameters in the query string and/or the body),
+ * RSA2 request signatures over every parameter except sign, JSON answers
+ * {"<method>_response":{…},"sign":"…"} whose signature covers the raw text of the response object
+ * exactly as sent (with "\/" escapes, as Alipay sends them), form-encoded trade notifications
+ * signed without sign and sign_type, the 10003 "waiting for the password" behaviour, cancel with
+ * retry_flag, asynchronous refunds, and fault injection.  It is the peer of the alipay channel
+ * module's integration tests.  Node 20, built-ins only.
+ *
+ *   node test/sim/alipay.js --port N [--host 127.0.0.1] [--config FILE] [--time-scale X]
+ *        [--refund-delay SECONDS] [--tls-cert FILE --tls-key FILE]
+ *
+ * Prints exactly one line "alipay-sim listening on http://HOST:PORT" when ready.  Full
+ * documentation: test/sim/README.md ("Alipay simulator").
+ *
+ * alipay.trade.pay outcome is chosen by the END of auth_code (16..24 digits starting 25..30,
+ * otherwise ACQ.PAYMENT_AUTH_CODE_INVALID):
+ *   ...0000  40004 ACQ.PAYMENT_AUTH_CODE_INVALID (a definite failure; no trade).
+ *   ...8888  no answer (connection held open); the trade exists, WAIT_BUYER_PAY, then like 9999.
+ *   ...7777  20000 isp.unknow-error, but the trade actually SUCCEEDED (a query finds it paid).
+ *   ...9999  10003 (the customer enters the password); WAIT_BUYER_PAY until POST /_sim/pay,
+ *            POST /_sim/fail (-> TRADE_CLOSED) or a cancel.
+ *   ...99K9  (K = 1..8) like 9999, the K-th alipay.trade.query finds it paid.
+ *   ...99K8  (K = 1..8) like 9999, the K-th query finds it TRADE_CLOSED (the customer gave up).
+ *   anything else: 10000, paid.
+ */
+'use strict';
+
+const http = require('http');
+const https = require('https');
+const crypto = require('crypto');
+const fs = require('fs');
+const { URL, URLSearchParams } = require('url');
+
+// ---------------------------------------------------------------------------------------------
+// constants
+
+const MAX_BODY = 64 * 1024;
+const MAX_CONTROL_BODY = 1024 * 1024;
+// 4m, 10m, 10m, 1h, 2h, 6h, 15h after the first attempt: 8 attempts in about 25 h (§C.4)
+const NOTIFY_SCHEDULE_S = [0, 240, 600, 600, 3600, 7200, 21600, 54000];
+const NOTIFY_TIMEOUT_MS = 5000;
+const REQUEST_LOG_SIZE = 1000;
+const QR_VALID_S = 7200;             // an unscanned precreate QR without time_expire
+const MAX_FEN = 10000000000;         // 100000000.00 yuan
+const METHODS = new Set(['alipay.trade.precreate', 'alipay.trade.pay', 'alipay.trade.query',
+  'alipay.trade.refund', 'alipay.trade.fastpay.refund.query', 'alipay.trade.close',
+  'alipay.trade.cancel']);
+const GATEWAY_MSG = {
+  10000: 'Success', 10003: 'order success pay inprocess', 20000: 'Service Currently Unavailable',
+  20001: 'Insufficient Token Permissions', 40001: 'Missing Required Arguments',
+  40002: 'Invalid Arguments', 40004: 'Business Failed', 40006: 'Insufficient Permissions',
+};
+
+// ---------------------------------------------------------------------------------------------
+// command line
+
+function usage(msg) {
+  if (msg) process.stderr.write(`alipay-sim: ${msg}\n`);
+  process.stderr.write('usage: node test/sim/alipay.js --port N [--host 127.0.0.1] [--config FILE]\n' +
+    '       [--time-scale X] [--refund-delay SECONDS] [--tls-cert FILE --tls-key FILE]\n');
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const o = { port: 0, host: '127.0.0.1', config: null, timeScale: null, refundDelay: null, tlsCert: null, tlsKey: null };
+  for (let i = 0; i < argv.length; i++) {
+    let a = argv[i];
+    let v;
+    const eq = a.indexOf('=');
+    if (a.startsWith('--') && eq > 0) { v = a.slice(eq + 1); a = a.slice(0, eq); }
+    const val = () => {
+      if (v !== undefined) return v;
+      if (i + 1 >= argv.length) usage(`${a} needs a value`);
+      return argv[++i];
+    };
+    const num = (s, what) => {
+      const n = Number(s);
+      if (s === '' || !Number.isFinite(n)) usage(`${what} must be a number, got "${s}"`);
+      return n;
+    };
+    switch (a) {
+      case '--port': o.port = num(val(), '--port'); break;
+      case '--host': o.host = val(); break;
+      case '--config': o.config = val(); break;
+      case '--time-scale': o.timeScale = num(val(), '--time-scale'); break;
+      case '--refund-delay': o.refundDelay = num(val(), '--refund-delay'); break;
+      case '--tls-cert': o.tlsCert = val(); break;
+      case '--tls-key': o.tlsKey = val(); break;
+      case '-h': case '--help': usage(); break;
+      default: usage(`unknown argument ${a}`);
+    }
+  }
+  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) usage('--port must be 0..65535');
+  if (o.timeScale !== null && !(o.timeScale > 0)) usage('--time-scale must be > 0');
+  if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// small helpers
+
+const bytewise = (a, b) => Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+const randDigits = (n) => { let s = ''; while (s.length < n) s += crypto.randomInt(0, 1e9).toString().padStart(9, '0'); return s.slice(0, n); };
+const randHex = (n) => crypto.randomBytes(Math.ceil(n / 2)).toString('hex').slice(0, n);
+const iso = (ms) => (ms == null ? null : new Date(ms).toISOString());
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
+const present = (v) => v !== undefined && v !== null && v !== '';
+
+/** "yyyy-MM-dd HH:mm:ss" in GMT+8 */
+function gmt8(ms = Date.now()) {
+  const t = new Date(ms + 8 * 3600e3);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${t.getUTCFullYear()}-${p(t.getUTCMonth() + 1)}-${p(t.getUTCDate())} ` +
+    `${p(t.getUTCHours())}:${p(t.getUTCMinutes())}:${p(t.getUTCSeconds())}`;
+}
+function parseGmt8(s) {
+  const m = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$/.exec(s || '');
+  if (!m) return NaN;
+  const ms = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) - 8 * 3600e3;
+  return gmt8(ms) === s ? ms : NaN;
+}
+/** fen → "0.01"; integers only */
+function yuan(fen) { return `${Math.floor(fen / 100)}.${String(fen % 100).padStart(2, '0')}`; }
+/** "88.88" → 8888; strict: no sign, no exponent, at most 2 decimals, no leading zeros; NaN otherwise */
+function parseYuan(s) {
+  const m = /^(0|[1-9][0-9]{0,8})(?:\.([0-9]{1,2}))?$/.exec(typeof s === 'string' ? s : '');
+  if (!m) return NaN;
+  const fen = Number(m[1]) * 100 + (m[2] ? Number(m[2].padEnd(2, '0')) : 0);
+  return fen <= MAX_FEN ? fen : NaN;
+}
+function escHtml(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+}
+function keyObject(pem, kind, what) {
+  if (pem && typeof pem === 'object' && pem.type) return pem;
+  const text = String(pem).trim();
+  const tryOne = (t) => (kind === 'private' ? crypto.createPrivateKey(t) : crypto.createPublicKey(t));
+  try { return tryOne(text); } catch (e) {
+    // a bare Base64 key, as Alipay's key tool writes it
+    const b64 = text.replace(/\s+/g, '');
+    const der = Buffer.from(b64, 'base64');
+    try {
+      return kind === 'private'
+        ? crypto.createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
+        : crypto.createPublicKey({ key: der, format: 'der', type: 'spki' });
+    } catch (e2) {
+      try {
+        return kind === 'private'
+          ? crypto.createPrivateKey({ key: der, format: 'der', type: 'pkcs1' })
+          : crypto.createPublicKey({ key: der, format: 'der', type: 'pkcs1' });
+      } catch (e3) { throw new Error(`${what} is not an RSA ${kind} key (${e.message})`); }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// signatures (PROTOCOLS.md §C.2 – §C.4)
+
+/** k=v&… over every parameter except `exclude`, empty values dropped, keys sorted byte-wise, raw values */
+function signString(params, exclude = ['sign']) {
+  return Object.keys(params)
+    .filter((k) => !exclude.includes(k) && present(params[k]))
+    .sort(bytewise)
+    .map((k) => `${k}=${params[k]}`)
+    .join('&');
+}
+function rsaSign(str, privateKey) {
+  return crypto.sign('sha256', Buffer.from(str, 'utf8'), privateKey).toString('base64');
+}
+function rsaVerify(str, sig, publicKey) {
+  try {
+    return crypto.verify('sha256', Buffer.from(str, 'utf8'), publicKey, Buffer.from(String(sig).replace(/\s+/g, ''), 'base64'));
+  } catch (e) { return false; }
+}
+/** The response object as Alipay writes it: compact JSON, every "/" written as "\/". */
+function responseText(obj) {
+  return JSON.stringify(obj).replace(/\//g, '\\/');
+}
+
+// ---------------------------------------------------------------------------------------------
+// state
+
+const opts = parseArgs(process.argv.slice(2));
+
+const settings = {
+  time_scale: opts.timeScale != null ? opts.timeScale : 1,
+  refund_delay_s: opts.refundDelay != null ? opts.refundDelay : 0,
+  notify_schedule_s: NOTIFY_SCHEDULE_S.slice(),
+  notify_timeout_ms: NOTIFY_TIMEOUT_MS,
+  notify_refunds: false,
+  lazy_precreate: true,
+  timestamp_skew_s: 600,
+  cancel_window_s: 86400,
+};
+const scaled = (seconds) => seconds * 1000 * settings.time_scale;
+
+const apps = new Map();            // app_id -> app
+const tokens = new Map();          // app_auth_token -> {app_id, seller_id, auth_app_id}
+const trades = new Map();          // seller_id \0 out_trade_no -> trade
+const tradesByNo = new Map();      // trade_no -> trade
+const tradesByToken = new Map();   // QR token -> trade
+let requestLog = [];
+let requestSeq = 0;
+let faults = [];
+let faultSeq = 0;
+let generation = 0;
+const notifyTimers = new Set();
+const heldResponses = new Set();
+const startedAt = Date.now();
+
+const tkey = (seller, otn) => `${seller}\u0000${otn}`;
+
+function normaliseApp(a) {
+  if (!a || typeof a !== 'object' || Array.isArray(a)) throw new Error('an app must be a JSON object');
+  const app_id = a.app_id == null ? '' : String(a.app_id).trim();
+  if (!/^[0-9A-Za-z_]{1,32}$/.test(app_id)) throw new Error('app.app_id is required ([0-9A-Za-z_]{1,32})');
+  if (!present(a.app_public_key)) throw new Error(`app ${app_id}: app_public_key (PEM or Base64) is required`);
+  const appPub = keyObject(a.app_public_key, 'public', `app ${app_id}: app_public_key`);
+  let alipayPriv;
+  let generated = false;
+  if (present(a.alipay_private_key)) alipayPriv = keyObject(a.alipay_private_key, 'private', `app ${app_id}: alipay_private_key`);
+  else {
+    const old = apps.get(app_id);
+    if (old && !old.alipay_key_given) { alipayPriv = old.alipayPriv; } else {
+      alipayPriv = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+    }
+    generated = true;
+  }
+  if (a.seller_id != null && !/^2088[0-9]{12}$/.test(String(a.seller_id))) throw new Error(`app ${app_id}: seller_id must be a PID (2088 + 12 digits)`);
+  const merchants = a.merchants == null ? [] : a.merchants;
+  if (!Array.isArray(merchants)) throw new Error(`app ${app_id}: merchants must be an array`);
+  const subs = merchants.map((m) => {
+    if (!m || !/^2088[0-9]{12}$/.test(String(m.seller_id || ''))) throw new Error(`app ${app_id}: every merchant needs seller_id (2088 + 12 digits)`);
+    if (!present(m.app_auth_token)) throw new Error(`app ${app_id}: merchant ${m.seller_id} needs app_auth_token`);
+    return { seller_id: String(m.seller_id), app_auth_token: String(m.app_auth_token),
+      auth_app_id: present(m.auth_app_id) ? String(m.auth_app_id) : `20210${randDigits(11)}` };
+  });
+  return {
+    app_id, appPub, alipayPriv, alipay_key_given: !generated,
+    app_public_key_pem: appPub.export({ type: 'spki', format: 'pem' }),
+    seller_id: a.seller_id != null ? String(a.seller_id) : null,
+    merchants: subs,
+  };
+}
+function appView(a) {
+  return {
+    app_id: a.app_id, seller_id: a.seller_id,
+    app_public_key: a.app_public_key_pem,
+    alipay_public_key: crypto.createPublicKey(a.alipayPriv).export({ type: 'spki', format: 'pem' }),
+    alipay_key_generated: !a.alipay_key_given,
+    merchants: a.merchants.map((m) => ({ seller_id: m.seller_id, app_auth_token: m.app_auth_token, auth_app_id: m.auth_app_id })),
+  };
+}
+function registerApps(list) {
+  const arr = Array.isArray(list) ? list : [list];
+  const norm = arr.map(normaliseApp);          // validate all before registering any
+  for (const a of norm) {
+    const old = apps.get(a.app_id);
+    if (old) for (const m of old.merchants) tokens.delete(m.app_auth_token);
+    apps.set(a.app_id, a);
+    for (const m of a.merchants) tokens.set(m.app_auth_token, { app_id: a.app_id, seller_id: m.seller_id, auth_app_id: m.auth_app_id });
+  }
+  return norm;
+}
+
+function applySettings(s, { fromConfig } = {}) {
+  if (!s || typeof s !== 'object') throw new Error('settings must be an object');
+  const next = Object.assign({}, settings);
+  for (const [k, v] of Object.entries(s)) {
+    switch (k) {
+      case 'time_scale':
+        if (!(typeof v === 'number' && v > 0)) throw new Error('time_scale must be a number > 0');
+        next.time_scale = v; break;
+      case 'refund_delay_s':
+        if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error('refund_delay_s must be a number (0: synchronous, negative: only /_sim/refund/settle)');
+        next.refund_delay_s = v; break;
+      case 'notify_schedule_s':
+        if (!Array.isArray(v) || !v.length || !v.every((x) => typeof x === 'number' && x >= 0)) throw new Error('notify_schedule_s must be a non-empty array of seconds');
+        next.notify_schedule_s = v.slice(); break;
+      case 'notify_timeout_ms':
+        if (!(typeof v === 'number' && v > 0)) throw new Error('notify_timeout_ms must be > 0');
+        next.notify_timeout_ms = v; break;
+      case 'notify_refunds': case 'lazy_precreate':
+        if (typeof v !== 'boolean') throw new Error(`${k} must be true or false`);
+        next[k] = v; break;
+      case 'timestamp_skew_s': case 'cancel_window_s':
+        if (!(typeof v === 'number' && v >= 0)) throw new Error(`${k} must be a number >= 0 (0: no limit)`);
+        next[k] = v; break;
+      default: throw new Error(`unknown setting ${k}`);
+    }
+  }
+  if (fromConfig) {
+    if (opts.refundDelay != null) next.refund_delay_s = opts.refundDelay;
+    if (opts.timeScale != null) next.time_scale = opts.timeScale;
+  }
+  Object.assign(settings, next);
+}
+
+function loadConfig(file) {
+  let cfg;
+  try { cfg = JSON.parse(fs.readFileSync(file, 'utf8')); } catch (e) { usage(`cannot read --config ${file}: ${e.message}`); }
+  const list = Array.isArray(cfg) ? cfg : (cfg.apps || []);
+  try { registerApps(list); } catch (e) { usage(`--config ${file}: ${e.message}`); }
+  if (!Array.isArray(cfg) && cfg.settings) {
+    try { applySettings(cfg.settings, { fromConfig: true }); } catch (e) { usage(`--config ${file}: ${e.message}`); }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// faults
+
+const REQUEST_FAULT_KEYS = ['latency_ms', 'timeout', 'http_status', 'garbled', 'bad_sign', 'unsigned',
+  'sign_unescaped', 'isp_error', 'cancel_retry'];
+const NOTIFY_FAULT_KEYS = ['drop_notify', 'duplicate_notify'];
+
+function normaliseFault(f) {
+  if (!f || typeof f !== 'object' || Array.isArray(f)) throw new Error('a fault must be a JSON object');
+  const allowed = new Set([...REQUEST_FAULT_KEYS, ...NOTIFY_FAULT_KEYS, 'count', 'method', 'processed']);
+  for (const k of Object.keys(f)) if (!allowed.has(k)) throw new Error(`unknown fault field ${k}`);
+  const isReq = REQUEST_FAULT_KEYS.some((k) => f[k] !== undefined && f[k] !== false);
+  const isNot = NOTIFY_FAULT_KEYS.some((k) => f[k] !== undefined && f[k] !== false);
+  if (!isReq && !isNot) throw new Error(`a fault needs one of ${[...REQUEST_FAULT_KEYS, ...NOTIFY_FAULT_KEYS].join(', ')}`);
+  if (isReq && isNot) throw new Error('request faults and notification faults go in separate entries');
+  if (f.latency_ms !== undefined && !(Number.isFinite(f.latency_ms) && f.latency_ms >= 0)) throw new Error('latency_ms must be >= 0');
+  if (f.http_status !== undefined && !(Number.isInteger(f.http_status) && f.http_status >= 100 && f.http_status <= 599)) throw new Error('http_status must be an HTTP status code');
+  if (f.garbled !== undefined && typeof f.garbled !== 'boolean' && typeof f.garbled !== 'string') throw new Error('garbled must be true or a literal body string');
+  for (const k of ['timeout', 'bad_sign', 'unsigned', 'sign_unescaped', 'isp_error', 'cancel_retry', 'drop_notify', 'duplicate_notify', 'processed']) {
+    if (f[k] !== undefined && typeof f[k] !== 'boolean') throw new Error(`${k} must be a boolean`);
+  }
+  if (f.count !== undefined && f.count !== null && !(Number.isInteger(f.count) && f.count > 0)) throw new Error('count must be a positive integer (omit it for "until cleared")');
+  let methods = null;
+  if (f.method !== undefined && f.method !== null) methods = Array.isArray(f.method) ? f.method.map(String) : [String(f.method)];
+  const out = { id: ++faultSeq, kind: isReq ? 'request' : 'notify', created_at: Date.now(), methods,
+    remaining: f.count == null ? null : f.count, used: 0 };
+  for (const k of [...REQUEST_FAULT_KEYS, ...NOTIFY_FAULT_KEYS, 'processed']) if (f[k] !== undefined) out[k] = f[k];
+  return out;
+}
+function faultView(f) {
+  const v = Object.assign({}, f);
+  v.created_at = iso(f.created_at);
+  v.count_remaining = f.remaining;
+  delete v.remaining;
+  return v;
+}
+function takeFaults(kind, method, filter = () => true) {
+  const taken = [];
+  for (const f of faults) {
+    if (f.kind !== kind) continue;
+    if (f.methods && !(method && f.methods.includes(method))) continue;
+    if (!filter(f)) continue;
+    if (f.remaining !== null) f.remaining--;
+    f.used++;
+    taken.push(f);
+  }
+  faults = faults.filter((f) => f.remaining === null || f.remaining > 0);
+  return taken;
+}
+function combineRequestFaults(list) {
+  const c = { ids: list.map((f) => f.id), latency_ms: 0, timeout: null, http_status: null, garbled: null,
+    bad_sign: false, unsigned: false, sign_unescaped: false, isp_error: null, cancel_retry: false };
+  for (const f of list) {
+    if (f.latency_ms) c.latency_ms += f.latency_ms;
+    if (f.timeout && !c.timeout) c.timeout = { processed: f.processed !== false };
+    if (f.http_status && !c.http_status) c.http_status = { code: f.http_status, processed: f.processed === true };
+    if (f.garbled && !c.garbled) c.garbled = { body: typeof f.garbled === 'string' ? f.garbled : null };
+    if (f.isp_error && !c.isp_error) c.isp_error = { processed: f.processed !== false };
+    for (const k of ['bad_sign', 'unsigned', 'sign_unescaped', 'cancel_retry']) if (f[k]) c[k] = true;
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// request log
+
+function logRequest(rec) {
+  requestLog.push(rec);
+  if (requestLog.length > REQUEST_LOG_SIZE) requestLog.splice(0, requestLog.length - REQUEST_LOG_SIZE);
+}
+function requestView(r) {
+  const v = Object.assign({}, r);
+  v.at = iso(r.at);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// trades
+
+const HIDDEN = new Set(['PRECREATED', 'QR_EXPIRED']);   // not a trade at Alipay (yet)
+
+function newTradeNo() {
+  for (;;) {
+    const id = `${gmt8().slice(0, 10).replace(/-/g, '')}22001${randDigits(17)}`;
+    if (!tradesByNo.has(id)) return id;
+  }
+}
+function buyer() {
+  return { buyer_user_id: `2088${randDigits(12)}`, buyer_logon_id: `${randDigits(3)}****${randDigits(4)}` };
+}
+
+function refresh(t, now = Date.now()) {
+  if ((t.state === 'PRECREATED' || t.state === 'WAIT_BUYER_PAY') && t.expire_at != null && now >= t.expire_at) {
+    if (t.state === 'PRECREATED') t.state = 'QR_EXPIRED';
+    else { t.state = 'TRADE_CLOSED'; t.closed_at = t.expire_at; t.close_reason = 'time_expire'; }
+  }
+  for (const r of t.refunds) {
+    if (r.status === 'PROCESSING' && r.settle_at != null && now >= r.settle_at) settleRefund(t, r, 'delay', r.settle_at);
+  }
+}
+function refundedSum(t, onlySuccess) {
+  return t.refunds.filter((r) => (onlySuccess ? r.status === 'SUCCESS' : r.status !== 'FAIL')).reduce((s, r) => s + r.amount, 0);
+}
+function settleRefund(t, r, by, at = Date.now()) {
+  r.status = 'SUCCESS';
+  r.settled_by = by;
+  r.gmt_refund = at;
+  if (refundedSum(t, true) >= t.total && t.state === 'TRADE_SUCCESS') {
+    t.state = 'TRADE_CLOSED'; t.closed_at = at; t.close_reason = 'refunded';
+  }
+  if (settings.notify_refunds && t.notify_url) startNotify(t, 'refund', r);
+}
+function markPaid(t, by) {
+  const now = Date.now();
+  if (!t.buyer_user_id) Object.assign(t, buyer());
+  if (!t.scanned_at) t.scanned_at = now;
+  t.state = 'TRADE_SUCCESS';
+  t.paid_at = now;
+  t.paid_by = by || null;
+  if (t.notify_url) startNotify(t, 'paid');
+}
+function markClosed(t, reason) {
+  t.state = 'TRADE_CLOSED';
+  t.closed_at = Date.now();
+  t.close_reason = reason;
+}
+function scan(t) {
+  Object.assign(t, buyer());
+  t.scanned_at = Date.now();
+  t.state = 'WAIT_BUYER_PAY';
+}
+
+function tradeView(t) {
+  refresh(t);
+  return {
+    app_id: t.app_id, seller_id: t.seller_id, auth_app_id: t.auth_app_id, out_trade_no: t.out_trade_no,
+    trade_no: t.trade_no, kind: t.kind, state: t.state, total_amount: yuan(t.total), total_fen: t.total,
+    subject: t.subject, notify_url: t.notify_url, store_id: t.store_id || null,
+    sys_service_provider_id: t.sys_service_provider_id || null, auth_code: t.auth_code || null,
+    pay_rule: t.rule || null, queries: t.queries, token: t.token || null, qr_code: t.qr_code || null,
+    buyer_user_id: t.buyer_user_id || null, created_at: iso(t.created_at), expire_at: iso(t.expire_at),
+    scanned_at: iso(t.scanned_at), paid_at: iso(t.paid_at), closed_at: iso(t.closed_at),
+    close_reason: t.close_reason || null, cancel_action: t.cancel_action || null,
+    refunded_amount: yuan(refundedSum(t, true)),
+    refunds: t.refunds.map((r) => ({ out_request_no: r.out_request_no, refund_amount: yuan(r.amount), status: r.status,
+      reason: r.reason || null, created_at: iso(r.created_at), settle_at: iso(r.settle_at),
+      gmt_refund: r.gmt_refund ? gmt8(r.gmt_refund) : null, settled_by: r.settled_by || null, requests: r.requests })),
+    notifications: t.notify.map((s) => ({
+      id: s.id, reason: s.reason, created_at: iso(s.created_at), state: s.state, dropped: s.dropped,
+      duplicate: s.duplicate, next_attempt_at: iso(s.next_at), body: s.body, fields: s.fields,
+      attempts: s.attempts.map((a) => Object.assign({}, a, { at: iso(a.at) })),
+    })),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// notifications (PROTOCOLS.md §C.4)
+
+let notifySeq = 0;
+
+function notifyFields(t, refund) {
+  const now = Date.now();
+  const p = {
+    gmt_create: gmt8(t.scanned_at || t.created_at), charset: 'utf-8', notify_type: 'trade_status_sync',
+    notify_time: gmt8(now), notify_id: `${gmt8(now).replace(/\D/g, '')}${randHex(24)}`, version: '1.0',
+    app_id: t.app_id, auth_app_id: t.auth_app_id, sign_type: 'RSA2', seller_id: t.seller_id,
+    out_trade_no: t.out_trade_no, trade_no: t.trade_no, trade_status: t.state, subject: t.subject,
+    total_amount: yuan(t.total), buyer_id: t.buyer_user_id, buyer_logon_id: t.buyer_logon_id,
+  };
+  if (t.paid_at) {
+    Object.assign(p, {
+      gmt_payment: gmt8(t.paid_at), receipt_amount: yuan(t.total), buyer_pay_amount: yuan(t.total),
+      invoice_amount: yuan(t.total), point_amount: '0.00',
+      fund_bill_list: JSON.stringify([{ amount: yuan(t.total), fundChannel: 'ALIPAYACCOUNT' }]),
+    });
+  }
+  if (refund) {
+    Object.assign(p, { out_biz_no: refund.out_request_no, refund_fee: yuan(refundedSum(t, true)),
+      gmt_refund: gmt8(refund.gmt_refund || now) });
+  }
+  if (t.store_id) p.store_id = t.store_id;
+  return p;
+}
+
+function startNotify(t, reason, refund) {
+  const app = apps.get(t.app_id);
+  if (!app || !t.notify_url) return null;
+  const nf = takeFaults('notify', t.kind === 'barcode' ? 'alipay.trade.pay' : 'alipay.trade.precreate');
+  const p = notifyFields(t, refund);
+  // trade notifications are signed WITHOUT sign and sign_type (rsaCheckV1)
+  p.sign = rsaSign(signString(p, ['sign', 'sign_type']), app.alipayPriv);
+  const seq = {
+    id: ++notifySeq, reason, created_at: Date.now(), url: t.notify_url, fields: p,
+    body: new URLSearchParams(p).toString(), dropped: nf.some((f) => f.drop_notify),
+    duplicate: nf.some((f) => f.duplicate_notify), fault_ids: nf.map((f) => f.id), attempts: [],
+    state: 'pending', next_at: null, gen: generation,
+  };
+  t.notify.push(seq);
+  if (seq.dropped) { seq.state = 'dropped'; return seq; }
+  scheduleNotify(seq, 0);
+  return seq;
+}
+function scheduleNotify(seq, idx) {
+  const sched = settings.notify_schedule_s;
+  if (idx >= sched.length) { seq.state = 'gave_up'; seq.next_at = null; return; }
+  const delay = scaled(sched[idx]);
+  seq.next_at = Date.now() + delay;
+  const tm = setTimeout(() => { notifyTimers.delete(tm); runNotifyAttempt(seq, idx); }, delay);
+  notifyTimers.add(tm);
+}
+async function runNotifyAttempt(seq, idx) {
+  if (seq.gen !== generation) return;
+  seq.next_at = null;
+  seq.state = 'sending';
+  const copies = seq.duplicate ? 2 : 1;
+  const results = await Promise.all(Array.from({ length: copies }, () => postNotify(seq.url, seq.body)));
+  if (seq.gen !== generation) return;
+  let acked = false;
+  results.forEach((r, c) => {
+    // exactly the 7 characters "success"
+    const ack = r.body === 'success';
+    acked = acked || ack;
+    seq.attempts.push({ n: idx + 1, copy: c + 1, at: r.at, duration_ms: r.duration_ms, http_status: r.http_status,
+      body: r.body, error: r.error, acknowledged: ack });
+  });
+  if (acked) { seq.state = 'acknowledged'; return; }
+  seq.state = 'retrying';
+  scheduleNotify(seq, idx + 1);
+}
+function postNotify(target, body) {
+  return new Promise((resolve) => {
+    const at = Date.now();
+    let done = false;
+    const finish = (r) => { if (!done) { done = true; resolve(Object.assign({ at, duration_ms: Date.now() - at, http_status: null, body: null, error: null }, r)); } };
+    let u;
+    try { u = new URL(target); } catch (e) { return finish({ error: `bad notify_url: ${e.message}` }); }
+    const mod = u.protocol === 'https:' ? https : http;
+    const buf = Buffer.from(body, 'utf8');
+    const req = mod.request(u, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded; charset=utf-8', 'Content-Length': buf.length, 'User-Agent': 'alipay-sim' },
+      rejectUnauthorized: false,
+    }, (res) => {
+      const chunks = [];
+      let size = 0;
+      res.on('data', (d) => { size += d.length; if (size <= 65536) chunks.push(d); });
+      res.on('end', () => finish({ http_status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', (e) => finish({ http_status: res.statusCode, error: e.message }));
+    });
+    req.setTimeout(settings.notify_timeout_ms, () => { req.destroy(new Error(`timeout after ${settings.notify_timeout_ms} ms`)); });
+    req.on('error', (e) => finish({ error: e.message }));
+    req.end(buf);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// gateway: answers
+
+class ApiError extends Error {
+  constructor(code, subCode, subMsg, extra) { super(subMsg); this.code = code; this.subCode = subCode; this.subMsg = subMsg; this.extra = extra; }
+}
+const biz = (subCode, subMsg, extra) => new ApiError('40004', subCode, subMsg, extra);
+const invalid = (subCode, subMsg) => new ApiError('40002', subCode, subMsg);
+const missing = (subCode, subMsg) => new ApiError('40001', subCode, subMsg);
+
+function success(extra, code = '10000') {
+  return Object.assign({ code, msg: GATEWAY_MSG[code] }, extra);
+}
+function errorBody(e) {
+  return Object.assign({ code: e.code, msg: GATEWAY_MSG[e.code] || 'Error', sub_code: e.subCode, sub_msg: e.subMsg }, e.extra || {});
+}
+
+// ---------------------------------------------------------------------------------------------
+// gateway: methods
+
+function need(b, names) {
+  for (const k of names) if (!present(b[k])) throw missing('isv.missing-parameter', `缺少必选参数${k}`);
+}
+function checkLen(b, k, max) {
+  if (present(b[k]) && (typeof b[k] !== 'string' || [...b[k]].length > max)) throw invalid('isv.invalid-parameter', `参数${k}无效`);
+}
+function amountOf(b, k) {
+  const v = b[k];
+  const fen = parseYuan(typeof v === 'number' ? String(v) : v);
+  if (Number.isNaN(fen) || fen < 1) throw biz('ACQ.INVALID_PARAMETER', `参数无效: ${k}=${JSON.stringify(v)}（单位为元，最多两位小数，取值范围[0.01,100000000]）`);
+  return fen;
+}
+function findTrade(ctx, { visibleOnly = true } = {}) {
+  const b = ctx.b;
+  let t = null;
+  if (present(b.trade_no)) {
+    t = tradesByNo.get(String(b.trade_no)) || null;
+    if (t && t.seller_id !== ctx.seller_id) t = null;
+  } else if (present(b.out_trade_no)) {
+    t = trades.get(tkey(ctx.seller_id, String(b.out_trade_no))) || null;
+  } else {
+    throw missing('isv.missing-parameter', '缺少必选参数out_trade_no或trade_no');
+  }
+  if (t) refresh(t);
+  if (t && visibleOnly && HIDDEN.has(t.state)) return null;
+  return t;
+}
+const notExist = () => biz('ACQ.TRADE_NOT_EXIST', '交易不存在');
+
+function newTrade(ctx, kind, b, total) {
+  const now = Date.now();
+  const t = {
+    app_id: ctx.app.app_id, seller_id: ctx.seller_id, auth_app_id: ctx.auth_app_id, kind,
+    out_trade_no: String(b.out_trade_no), trade_no: newTradeNo(), total, subject: String(b.subject),
+    notify_url: ctx.p.notify_url || null, store_id: b.store_id || null,
+    sys_service_provider_id: b.extend_params && b.extend_params.sys_service_provider_id || null,
+    created_at: now, queries: 0, refunds: [], notify: [], state: 'WAIT_BUYER_PAY',
+  };
+  trades.set(tkey(t.seller_id, t.out_trade_no), t);
+  tradesByNo.set(t.trade_no, t);
+  return t;
+}
+
+function apiPrecreate(ctx) {
+  const b = ctx.b;
+  need(b, ['out_trade_no', 'total_amount', 'subject']);
+  checkLen(b, 'out_trade_no', 64);
+  checkLen(b, 'subject', 256);
+  const total = amountOf(b, 'total_amount');
+  let expireAt = null;
+  if (present(b.time_expire)) {
+    expireAt = parseGmt8(b.time_expire);
+    if (Number.isNaN(expireAt)) throw biz('ACQ.INVALID_PARAMETER', '参数无效: time_expire (yyyy-MM-dd HH:mm:ss)');
+  }
+  const ex = trades.get(tkey(ctx.seller_id, String(b.out_trade_no)));
+  if (ex) {
+    refresh(ex);
+    if (ex.state === 'TRADE_SUCCESS' || ex.state === 'TRADE_FINISHED') throw biz('ACQ.TRADE_HAS_SUCCESS', '交易已被支付');
+    if (ex.state === 'TRADE_CLOSED') throw biz('ACQ.TRADE_HAS_CLOSE', '交易已经关闭');
+    if (ex.kind === 'precreate' && ex.total === total && ex.subject === String(b.subject) &&
+        (ex.state === 'PRECREATED' || ex.state === 'WAIT_BUYER_PAY')) {
+      ex.repeats = (ex.repeats || 0) + 1;        // the same order again: the same QR
+      return success({ out_trade_no: ex.out_trade_no, qr_code: ex.qr_code });
+    }
+    throw biz('ACQ.CONTEXT_INCONSISTENT', '交易信息被篡改');
+  }
+  const t = newTrade(ctx, 'precreate', b, total);
+  t.state = settings.lazy_precreate ? 'PRECREATED' : 'WAIT_BUYER_PAY';
+  t.expire_at = expireAt != null ? expireAt : t.created_at + scaled(QR_VALID_S);
+  t.token = randHex(32);
+  t.qr_code = `${ctx.base}/_sim/qr/${t.token}`;
+  tradesByToken.set(t.token, t);
+  return success({ out_trade_no: t.out_trade_no, qr_code: t.qr_code });
+}
+
+function payRule(code) {
+  if (code.endsWith('0000')) return { rule: 'fail' };
+  if (code.endsWith('8888')) return { rule: 'hold' };
+  if (code.endsWith('7777')) return { rule: 'lost_success' };
+  if (code.endsWith('9999')) return { rule: 'waiting' };
+  let m = /99([1-8])9$/.exec(code);
+  if (m) return { rule: 'pay_after_queries', k: Number(m[1]) };
+  m = /99([1-8])8$/.exec(code);
+  if (m) return { rule: 'close_after_queries', k: Number(m[1]) };
+  return { rule: 'success' };
+}
+function payFields(t) {
+  const f = { trade_no: t.trade_no, out_trade_no: t.out_trade_no, buyer_logon_id: t.buyer_logon_id,
+    total_amount: yuan(t.total), buyer_user_id: t.buyer_user_id };
+  if (t.paid_at) {
+    Object.assign(f, { receipt_amount: yuan(t.total), buyer_pay_amount: yuan(t.total), point_amount: '0.00',
+      invoice_amount: yuan(t.total), gmt_payment: gmt8(t.paid_at),
+      fund_bill_list: [{ fund_channel: 'ALIPAYACCOUNT', amount: yuan(t.total) }] });
+  }
+  return f;
+}
+function payAnswer(t) {
+  if (t.state === 'TRADE_SUCCESS' || t.state === 'TRADE_FINISHED') {
+    if (t.rule === 'lost_success' && !t.replayed) {
+      return new ApiError('20000', 'isp.unknow-error', '系统繁忙');
+    }
+    return success(payFields(t));
+  }
+  if (t.state === 'WAIT_BUYER_PAY') return success(payFields(t), '10003');
+  if (t.state === 'TRADE_CLOSED') return biz('ACQ.TRADE_HAS_CLOSE', '交易已经关闭');
+  return biz('ACQ.TRADE_STATUS_ERROR', `交易状态不合法 [${t.state}]`);
+}
+
+function apiPay(ctx) {
+  const b = ctx.b;
+  need(b, ['out_trade_no', 'scene', 'auth_code', 'subject', 'total_amount']);
+  checkLen(b, 'out_trade_no', 64);
+  checkLen(b, 'subject', 256);
+  if (b.scene !== 'bar_code') throw biz('ACQ.INVALID_PARAMETER', `参数无效: scene=${b.scene}（当面付条码支付为 bar_code）`);
+  if (present(b.product_code) && b.product_code !== 'FACE_TO_FACE_PAYMENT') throw biz('ACQ.INVALID_PARAMETER', `参数无效: product_code=${b.product_code}`);
+  const total = amountOf(b, 'total_amount');
+  const code = String(b.auth_code);
+  const ex = trades.get(tkey(ctx.seller_id, String(b.out_trade_no)));
+  if (ex) {
+    refresh(ex);
+    if (ex.kind === 'barcode' && ex.auth_code === code && ex.total === total) {
+      ex.repeats = (ex.repeats || 0) + 1;       // a retry (e.g. after a timeout): the trade as it is now
+      ex.replayed = true;
+      const a = payAnswer(ex);
+      if (a instanceof ApiError) throw a;
+      return a;
+    }
+    if (ex.state === 'TRADE_SUCCESS' || ex.state === 'TRADE_FINISHED') throw biz('ACQ.TRADE_HAS_SUCCESS', '交易已被支付');
+    if (ex.state === 'TRADE_CLOSED') throw biz('ACQ.TRADE_HAS_CLOSE', '交易已经关闭');
+    throw biz('ACQ.CONTEXT_INCONSISTENT', '交易信息被篡改');
+  }
+  if (!/^(2[5-9]|30)[0-9]{14,22}$/.test(code)) {
+    throw biz('ACQ.PAYMENT_AUTH_CODE_INVALID', '支付失败，获取顾客账户信息失败，请顾客刷新付款码后重新收款');
+  }
+  const r = payRule(code);
+  if (r.rule === 'fail') throw biz('ACQ.PAYMENT_AUTH_CODE_INVALID', '支付失败，获取顾客账户信息失败，请顾客刷新付款码后重新收款');
+  const t = newTrade(ctx, 'barcode', b, total);
+  Object.assign(t, buyer(), { auth_code: code, rule: r.rule, rule_k: r.k || null, scanned_at: t.created_at });
+  switch (r.rule) {
+    case 'success': case 'lost_success': markPaid(t, 'auth_code'); break;
+    case 'hold': return { hold: true };
+    default: break;                          // WAIT_BUYER_PAY
+  }
+  const a = payAnswer(t);
+  if (a instanceof ApiError) throw a;
+  return a;
+}
+
+function apiQuery(ctx) {
+  const t = findTrade(ctx);
+  if (!t) throw notExist();
+  t.queries++;
+  if (t.state === 'WAIT_BUYER_PAY' && t.rule_k && t.queries >= t.rule_k) {
+    if (t.rule === 'pay_after_queries') markPaid(t, `query #${t.queries}`);
+    else if (t.rule === 'close_after_queries') markClosed(t, 'buyer gave up');
+  }
+  refresh(t);
+  const f = { trade_no: t.trade_no, out_trade_no: t.out_trade_no, buyer_logon_id: t.buyer_logon_id,
+    trade_status: t.state, total_amount: yuan(t.total), buyer_user_id: t.buyer_user_id };
+  if (t.paid_at) Object.assign(f, { receipt_amount: yuan(t.total), buyer_pay_amount: yuan(t.total),
+    point_amount: '0.00', invoice_amount: yuan(t.total), send_pay_date: gmt8(t.paid_at) });
+  if (t.store_id) f.store_id = t.store_id;
+  return success(f);
+}
+
+function apiRefund(ctx) {
+  const b = ctx.b;
+  need(b, ['refund_amount']);
+  checkLen(b, 'out_request_no', 64);
+  const amount = amountOf(b, 'refund_amount');
+  const t = findTrade(ctx);
+  if (!t) throw notExist();
+  const orn = present(b.out_request_no) ? String(b.out_request_no) : t.out_trade_no;
+  const prev = t.refunds.find((r) => r.out_request_no === orn);
+  const answer = (r, changed) => success({ trade_no: t.trade_no, out_trade_no: t.out_trade_no,
+    buyer_logon_id: t.buyer_logon_id, buyer_user_id: t.buyer_user_id, fund_change: changed ? 'Y' : 'N',
+    refund_fee: yuan(refundedSum(t, true)), ...(r.gmt_refund ? { gmt_refund_pay: gmt8(r.gmt_refund) } : {}) });
+  if (prev) {
+    prev.requests++;
+    if (prev.amount !== amount) throw biz('ACQ.DISCORDANT_REPEAT_REQUEST', '请求信息不一致（同一退款请求号的退款金额不同）');
+    return answer(prev, false);              // a repeat never moves money again
+  }
+  if (t.state !== 'TRADE_SUCCESS') {
+    if (t.state === 'TRADE_FINISHED') throw biz('ACQ.TRADE_HAS_FINISHED', '交易已完结');
+    throw biz('ACQ.TRADE_STATUS_ERROR', `交易状态不合法 [${t.state}]`);
+  }
+  if (amount > t.total - refundedSum(t, false)) throw biz('ACQ.REFUND_AMT_NOT_EQUAL_TOTAL', '退款金额超限');
+  const now = Date.now();
+  const r = { out_request_no: orn, amount, reason: b.refund_reason || null, status: 'PROCESSING', created_at: now,
+    settle_at: settings.refund_delay_s > 0 ? now + scaled(settings.refund_delay_s) : null, requests: 1 };
+  t.refunds.push(r);
+  if (settings.refund_delay_s === 0) {
+    settleRefund(t, r, 'synchronous', now);
+    return answer(r, true);
+  }
+  return answer(r, false);                    // asynchronous: settled later, ask the refund query
+}
+
+function apiRefundQuery(ctx) {
+  const b = ctx.b;
+  need(b, ['out_request_no']);
+  const t = findTrade(ctx);
+  if (!t) throw notExist();
+  const r = t.refunds.find((x) => x.out_request_no === String(b.out_request_no));
+  const base = { trade_no: t.trade_no, out_trade_no: t.out_trade_no };
+  // a refund not (yet) successful is not returned: "未返回该字段表示退款请求未收到或者退款失败"
+  if (!r || r.status !== 'SUCCESS') return success(base);
+  return success(Object.assign(base, { out_request_no: r.out_request_no, total_amount: yuan(t.total),
+    refund_amount: yuan(r.amount), refund_status: 'REFUND_SUCCESS', gmt_refund_pay: gmt8(r.gmt_refund),
+    ...(r.reason ? { refund_reason: r.reason } : {}) }));
+}
+
+function apiClose(ctx) {
+  const t = findTrade(ctx);
+  if (!t) throw notExist();                  // e.g. a precreated QR nobody has scanned
+  if (t.state === 'TRADE_CLOSED') return success({ trade_no: t.trade_no, out_trade_no: t.out_trade_no });
+  if (t.state !== 'WAIT_BUYER_PAY') throw biz('ACQ.TRADE_STATUS_ERROR', `交易状态不合法 [${t.state}]`);
+  markClosed(t, 'alipay.trade.close');
+  return success({ trade_no: t.trade_no, out_trade_no: t.out_trade_no });
+}
+
+function apiCancel(ctx, fl) {
+  const b = ctx.b;
+  if (fl.cancel_retry) {
+    return new ApiError('40004', 'ACQ.SYSTEM_ERROR', '系统异常，请重试', { retry_flag: 'Y', out_trade_no: b.out_trade_no });
+  }
+  let t = findTrade(ctx, { visibleOnly: false });
+  if (!t) {
+    // no trade (a request that never arrived): recorded as closed so that a late one cannot pay
+    if (!present(b.out_trade_no)) throw notExist();
+    t = newTrade(ctx, 'tombstone', { out_trade_no: b.out_trade_no, subject: '' }, 0);
+    markClosed(t, 'alipay.trade.cancel');
+    return success({ out_trade_no: t.out_trade_no, retry_flag: 'N' });
+  }
+  const done = (action) => {
+    t.cancel_action = action;
+    return success({ trade_no: t.trade_no, out_trade_no: t.out_trade_no, retry_flag: 'N', action });
+  };
+  if (settings.cancel_window_s > 0 && Date.now() - t.created_at > settings.cancel_window_s * 1000 * settings.time_scale) {
+    return new ApiError('40004', 'ACQ.TRADE_CANCEL_TIME_OUT', '超过撤销时间范围', { retry_flag: 'N', out_trade_no: t.out_trade_no });
+  }
+  if (HIDDEN.has(t.state)) { markClosed(t, 'alipay.trade.cancel'); return success({ out_trade_no: t.out_trade_no, retry_flag: 'N' }); }
+  if (t.refunds.length) return new ApiError('40004', 'ACQ.REASON_TRADE_REFUND_FEE_ERR', '交易已经发生过退款，不能撤销', { retry_flag: 'N', out_trade_no: t.out_trade_no });
+  if (t.state === 'TRADE_CLOSED') return done(t.cancel_action || 'close');
+  if (t.state === 'TRADE_FINISHED') return new ApiError('40004', 'ACQ.TRADE_HAS_FINISHED', '交易已经完结', { retry_flag: 'N', out_trade_no: t.out_trade_no });
+  const paid = t.state === 'TRADE_SUCCESS';
+  markClosed(t, 'alipay.trade.cancel');
+  return done(paid ? 'refund' : 'close');
+}
+
+const APIS = {
+  'alipay.trade.precreate': apiPrecreate,
+  'alipay.trade.pay': apiPay,
+  'alipay.trade.query': apiQuery,
+  'alipay.trade.refund': apiRefund,
+  'alipay.trade.fastpay.refund.query': apiRefundQuery,
+  'alipay.trade.close': apiClose,
+  'alipay.trade.cancel': apiCancel,
+};
+
+// ---------------------------------------------------------------------------------------------
+// gateway: request handling
+
+/**
+ * From the merged parameters to an answer: {key, body, app} (app: signs the answer, or null for an
+ * unsigned error_response) or {hold: true}.
+ */
+function processGateway(p, rec, base, fl) {
+  const responseKey = (m) => `${m.replace(/\./g, '_')}_response`;
+  const errorResp = (e, app, key = 'error_response') => ({ key, body: errorBody(e), app });
+  if (!present(p.method)) return errorResp(missing('isv.missing-method', '缺少方法名参数'), null);
+  if (!present(p.app_id)) return errorResp(missing('isv.missing-app-id', '缺少AppID参数'), null);
+  const app = apps.get(p.app_id);
+  if (!app) return errorResp(invalid('isv.invalid-app-id', '无效的AppID参数'), null);
+  const key = METHODS.has(p.method) ? responseKey(p.method) : 'error_response';
+  const fail = (e) => ({ key, body: errorBody(e), app });
+  if (!present(p.sign_type)) return fail(missing('isv.missing-signature-type', '缺少签名类型参数'));
+  if (p.sign_type !== 'RSA2') return fail(invalid('isv.invalid-signature-type', `无效的签名类型参数: ${p.sign_type}（仅支持 RSA2）`));
+  if (!present(p.sign)) return fail(missing('isv.missing-signature', '缺少签名参数'));
+  const str = signString(p, ['sign']);
+  rec.sign_string = str;
+  rec.sign_verified = rsaVerify(str, p.sign, app.appPub);
+  if (!rec.sign_verified) {
+    return fail(invalid('isv.invalid-signature', `验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配，网关生成的验签字符串为：${str}`));
+  }
+  if (!present(p.timestamp)) return fail(missing('isv.missing-timestamp', '缺少时间戳参数'));
+  const ts = parseGmt8(p.timestamp);
+  if (Number.isNaN(ts)) return fail(invalid('isv.invalid-timestamp', `非法的时间戳参数: ${p.timestamp} (yyyy-MM-dd HH:mm:ss, GMT+8)`));
+  if (settings.timestamp_skew_s > 0 && Math.abs(ts - Date.now()) > settings.timestamp_skew_s * 1000) {
+    return fail(invalid('isv.invalid-timestamp', `非法的时间戳参数: ${p.timestamp} 与网关时间 ${gmt8()} (GMT+8) 相差过大`));
+  }
+  if (present(p.version) && p.version !== '1.0') return fail(invalid('isv.invalid-parameter', `参数version无效: ${p.version}`));
+  if (present(p.charset) && !/^utf-?8$/i.test(p.charset)) return fail(invalid('isv.invalid-charset', `字符集错误: ${p.charset}`));
+  if (present(p.format) && !/^json$/i.test(p.format)) return fail(invalid('isv.invalid-format', `参数format无效: ${p.format}`));
+  if (!METHODS.has(p.method)) return fail(invalid('isv.invalid-method', `不存在的方法名: ${p.method}`));
+  if (present(p.notify_url)) {
+    let u;
+    try { u = new URL(p.notify_url); } catch (e) { u = null; }
+    if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:')) return fail(invalid('isv.invalid-notify-url', '参数notify_url无效'));
+  }
+  // ISV mode: the token names the sub-merchant the app acts for
+  let seller = app.seller_id;
+  let authAppId = app.app_id;
+  if (present(p.app_auth_token)) {
+    const tok = tokens.get(p.app_auth_token);
+    if (!tok || tok.app_id !== app.app_id) return fail(new ApiError('20001', 'aop.invalid-app-auth-token', '无效的应用授权令牌'));
+    seller = tok.seller_id;
+    authAppId = tok.auth_app_id;
+  }
+  if (!seller) return fail(new ApiError('40006', 'isv.insufficient-isv-permissions', 'ISV权限不足，请传入 app_auth_token'));
+  rec.seller_id = seller;
+  let b;
+  try { b = JSON.parse(p.biz_content || '{}'); } catch (e) { b = null; }
+  if (!b || typeof b !== 'object' || Array.isArray(b)) return fail(invalid('isv.invalid-parameter', '参数biz_content无效（不是 JSON 对象）'));
+  rec.biz = b;
+  rec.out_trade_no = b.out_trade_no || null;
+  const ctx = { p, b, app, seller_id: seller, auth_app_id: authAppId, base };
+  if (fl.isp_error && !fl.isp_error.processed) return fail(new ApiError('20000', 'isp.unknow-error', '系统繁忙'));
+  try {
+    const out = APIS[p.method](ctx, fl);
+    if (out && out.hold) return { hold: true };
+    if (out instanceof ApiError) return fail(out);
+    if (fl.isp_error) return fail(new ApiError('20000', 'isp.unknow-error', '系统繁忙'));
+    return { key, body: out, app };
+  } catch (e) {
+    if (e instanceof ApiError) {
+      if (fl.isp_error) return fail(new ApiError('20000', 'isp.unknow-error', '系统繁忙'));
+      return fail(e);
+    }
+    throw e;
+  }
+}
+
+function readBody(req, limit) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    let tooLarge = false;
+    req.on('data', (d) => {
+      size += d.length;
+      if (size > limit) { tooLarge = true; chunks.length = 0; } else if (!tooLarge) chunks.push(d);
+    });
+    req.on('end', () => resolve({ buf: tooLarge ? null : Buffer.concat(chunks), size, tooLarge }));
+    req.on('error', reject);
+  });
+}
+function baseUrl(req) {
+  const proto = opts.tlsCert ? 'https' : 'http';
+  const host = req.headers.host || `${opts.host}:${actualPort}`;
+  return `${proto}://${host}`;
+}
+function send(res, code, type, body, extraHeaders) {
+  if (res.writableEnded || res.destroyed) return;
+  const buf = Buffer.from(body, 'utf8');
+  res.writeHead(code, Object.assign({ 'Content-Type': type, 'Content-Length': buf.length }, extraHeaders || {}));
+  res.end(buf);
+}
+function hold(req, res, rec) {
+  rec.held = true;
+  heldResponses.add(res);
+  res.on('close', () => { heldResponses.delete(res); rec.held_closed_at = iso(Date.now()); });
+}
+function httpErrorPage(code) {
+  const text = `${code} ${http.STATUS_CODES[code] || 'Error'}`;
+  return `<html>\r\n<head><title>${text}</title></head>\r\n<body>\r\n<center><h1>${text}</h1></center>\r\n<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n`;
+}
+
+/** Query string + form body → one map; a parameter given twice is refused. */
+function mergeParams(url, req, buf) {
+  const p = {};
+  const inQuery = [];
+  const dup = [];
+  for (const [k, v] of url.searchParams) { if (has(p, k)) dup.push(k); p[k] = v; inQuery.push(k); }
+  const text = buf.length ? new TextDecoder('utf-8', { fatal: true }).decode(buf) : '';
+  const ct = String(req.headers['content-type'] || '');
+  if (text) {
+    if (!/^application\/x-www-form-urlencoded\b/i.test(ct)) throw new Error(`Content-Type ${ct || '(none)'} is not application/x-www-form-urlencoded`);
+    for (const [k, v] of new URLSearchParams(text)) { if (has(p, k)) dup.push(k); p[k] = v; }
+  }
+  return { p, inQuery, dup };
+}
+
+async function handleGateway(req, res, url) {
+  const rec = { id: ++requestSeq, at: Date.now(), http_method: req.method, path: url.pathname,
+    remote: req.socket.remoteAddress, bytes: 0, method: null, app_id: null, seller_id: null,
+    out_trade_no: null, params: null, in_query: null, sign_string: null, sign_verified: null, biz: null,
+    faults: [], held: false, response: null };
+  logRequest(rec);
+  const sendJson = (text, meta) => {
+    rec.response = Object.assign({ http_status: 200, body: text }, meta);
+    rec.duration_ms = Date.now() - rec.at;
+    send(res, 200, 'application/json;charset=utf-8', text);
+  };
+  if (req.method !== 'POST' && req.method !== 'GET') {
+    req.resume();
+    rec.response = { http_status: 405 };
+    return send(res, 405, 'text/plain', 'method not allowed\n');
+  }
+  const { buf, size, tooLarge } = await readBody(req, MAX_BODY);
+  rec.bytes = size;
+  let merged = null;
+  let parseError = tooLarge ? `request body over ${MAX_BODY} bytes` : null;
+  if (!tooLarge) {
+    try { merged = mergeParams(url, req, buf); } catch (e) { parseError = e.message; }
+  }
+  if (merged) {
+    rec.params = merged.p;
+    rec.in_query = merged.inQuery;
+    rec.method = merged.p.method || null;
+    rec.app_id = merged.p.app_id || null;
+  } else rec.parse_error = parseError;
+
+  // cancel_retry only ever applies to alipay.trade.cancel
+  const fl = combineRequestFaults(takeFaults('request', rec.method, (f) => !f.cancel_retry || rec.method === 'alipay.trade.cancel'));
+  rec.faults = fl.ids;
+  if (fl.latency_ms) await sleep(fl.latency_ms);
+  if (fl.timeout && !fl.timeout.processed) return hold(req, res, rec);
+  if (fl.http_status && !fl.http_status.processed) {
+    rec.response = { http_status: fl.http_status.code };
+    return send(res, fl.http_status.code, 'text/html', httpErrorPage(fl.http_status.code));
+  }
+
+  let out;
+  if (!merged) {
+    out = { key: 'error_response', body: errorBody(invalid('isv.invalid-parameter', `请求无效: ${parseError}`)), app: null };
+  } else if (merged.dup.length) {
+    out = { key: 'error_response', body: errorBody(invalid('isv.invalid-parameter', `参数重复: ${merged.dup.join(',')}`)), app: null };
+  } else {
+    try {
+      out = processGateway(merged.p, rec, baseUrl(req), fl);
+    } catch (e) {
+      process.stderr.write(`alipay-sim: internal error: ${e.stack}\n`);
+      out = { key: 'error_response', body: errorBody(new ApiError('20000', 'isp.unknow-error', `模拟器内部错误: ${e.message}`)), app: null };
+    }
+  }
+  if (out.hold || fl.timeout) return hold(req, res, rec);
+
+  // the signed text is the response object exactly as sent
+  const text = responseText(out.body);
+  let body = `{"${out.key}":${text}`;
+  const meta = { key: out.key, code: out.body.code, msg: out.body.msg, sub_code: out.body.sub_code,
+    sub_msg: out.body.sub_msg, trade_status: out.body.trade_status, signed: false };
+  if (out.app && !fl.unsigned) {
+    let signed = text;
+    if (fl.sign_unescaped) { signed = text.replace(/\\\//g, '/'); meta.sign_unescaped = true; }
+    if (fl.bad_sign) { signed = responseText(Object.assign({}, out.body, { msg: `${out.body.msg}.` })); meta.bad_sign = true; }
+    body += `,"sign":"${rsaSign(signed, out.app.alipayPriv)}"`;
+    meta.signed = true;
+  }
+  body += '}';
+  if (fl.http_status) {
+    rec.response = Object.assign(meta, { http_status: fl.http_status.code, processed: true });
+    return send(res, fl.http_status.code, 'text/html', httpErrorPage(fl.http_status.code));
+  }
+  if (fl.garbled) {
+    const g = fl.garbled.body != null ? fl.garbled.body : `${body.slice(0, Math.floor(body.length / 2))}\u0000#garbled`;
+    rec.response = Object.assign(meta, { http_status: 200, garbled: true, body: g });
+    return send(res, 200, 'application/json;charset=utf-8', g);
+  }
+  sendJson(body, meta);
+}
+
+// ---------------------------------------------------------------------------------------------
+// control API (/_sim/...)
+
+function sendJsonCtl(res, code, obj) { send(res, code, 'application/json; charset=UTF-8', JSON.stringify(obj, null, 2) + '\n'); }
+class HttpError extends Error { constructor(code, msg) { super(msg); this.code = code; } }
+
+async function readJson(req) {
+  const { buf, tooLarge } = await readBody(req, MAX_CONTROL_BODY);
+  if (tooLarge) throw new HttpError(413, 'body too large');
+  const text = buf.toString('utf8').trim();
+  if (!text) return {};
+  if (text[0] !== '{' && text[0] !== '[' && /^[^=&\s]+=/.test(text)) return Object.fromEntries(new URLSearchParams(text));
+  try { return JSON.parse(text); } catch (e) { throw new HttpError(400, `invalid JSON: ${e.message}`); }
+}
+
+function lookupTrade(p) {
+  let t = null;
+  if (present(p.token)) t = tradesByToken.get(String(p.token)) || null;
+  else if (present(p.trade_no)) t = tradesByNo.get(String(p.trade_no)) || null;
+  else {
+    if (!present(p.seller_id) || !present(p.out_trade_no)) throw new HttpError(400, 'give seller_id and out_trade_no (or token, or trade_no)');
+    t = trades.get(tkey(String(p.seller_id), String(p.out_trade_no))) || null;
+  }
+  if (!t) throw new HttpError(404, 'trade not found');
+  refresh(t);
+  return t;
+}
+function controlScan(p) {
+  const t = lookupTrade(p);
+  if (t.state !== 'PRECREATED') throw new HttpError(409, `trade is ${t.state}, only a PRECREATED (unscanned) QR can be scanned`);
+  scan(t);
+  return t;
+}
+function controlPay(p) {
+  const t = lookupTrade(p);
+  if (t.state === 'PRECREATED') scan(t);
+  if (t.state !== 'WAIT_BUYER_PAY') throw new HttpError(409, `trade is ${t.state}, only PRECREATED or WAIT_BUYER_PAY can be paid`);
+  markPaid(t, '/_sim/pay');
+  return t;
+}
+function payPage(t, message) {
+  const payable = t.state === 'PRECREATED' || t.state === 'WAIT_BUYER_PAY';
+  return '<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">' +
+    '<title>alipay-sim pay</title><style>body{font-family:sans-serif;max-width:28em;margin:2em auto}' +
+    '.amt{font-size:2em}button{font-size:1.3em;padding:.4em 2em}</style></head><body>' +
+    `<h2>Alipay simulator</h2>${message ? `<p><b>${escHtml(message)}</b></p>` : ''}` +
+    `<p>seller ${escHtml(t.seller_id)}<br>order ${escHtml(t.out_trade_no)}<br>${escHtml(t.subject)}</p>` +
+    `<p class="amt">¥ ${yuan(t.total)}</p><p>state: <b>${escHtml(t.state)}</b></p>` +
+    (payable && t.token ? `<form method="get" action="/_sim/pay"><input type="hidden" name="token" value="${escHtml(t.token)}">` +
+      '<button type="submit">Pay</button></form>' : '') + '</body></html>';
+}
+function settleRefunds(p) {
+  const targets = [];
+  if (present(p.out_request_no)) {
+    const t = lookupTrade(p);
+    const r = t.refunds.find((x) => x.out_request_no === String(p.out_request_no));
+    if (!r) throw new HttpError(404, 'refund not found');
+    targets.push({ t, r });
+  } else if (present(p.out_trade_no) || present(p.trade_no) || present(p.token)) {
+    const t = lookupTrade(p);
+    for (const r of t.refunds) if (r.status === 'PROCESSING') targets.push({ t, r });
+  } else {
+    for (const t of trades.values()) for (const r of t.refunds) if (r.status === 'PROCESSING') targets.push({ t, r });
+  }
+  for (const { t, r } of targets) { if (r.status === 'PROCESSING') settleRefund(t, r, '/_sim/refund/settle'); }
+  return targets.map(({ t, r }) => ({ seller_id: t.seller_id, out_trade_no: t.out_trade_no, out_request_no: r.out_request_no, status: r.status }));
+}
+function reset() {
+  generation++;
+  for (const tm of notifyTimers) clearTimeout(tm);
+  notifyTimers.clear();
+  for (const r of heldResponses) r.destroy();
+  heldResponses.clear();
+  trades.clear(); tradesByNo.clear(); tradesByToken.clear();
+  requestLog = [];
+  faults = [];
+}
+
+async function handleControl(req, res, url) {
+  const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+  const route = parts[1] || '';
+  const m = req.method;
+  const q = Object.fromEntries(url.searchParams);
+  try {
+    if (route === 'health' && m === 'GET') {
+      return sendJsonCtl(res, 200, { ok: true, name: 'alipay-sim', uptime_s: (Date.now() - startedAt) / 1000,
+        apps: apps.size, trades: trades.size, requests: requestSeq, active_faults: faults.length,
+        held_connections: heldResponses.size, settings });
+    }
+    if (route === 'settings') {
+      if (m === 'GET') return sendJsonCtl(res, 200, settings);
+      if (m === 'POST') {
+        try { applySettings(await readJson(req)); } catch (e) { if (e instanceof HttpError) throw e; throw new HttpError(400, e.message); }
+        return sendJsonCtl(res, 200, settings);
+      }
+    }
+    if (route === 'apps') {
+      if (m === 'GET' && parts.length === 2) return sendJsonCtl(res, 200, [...apps.values()].map(appView));
+      if (m === 'GET' && parts.length === 3) {
+        const a = apps.get(parts[2]);
+        if (!a) throw new HttpError(404, 'app not found');
+        return sendJsonCtl(res, 200, appView(a));
+      }
+      if (m === 'POST' && parts.length === 2) {
+        const body = await readJson(req);
+        let list;
+        try { list = registerApps(Array.isArray(body) ? body : (body.apps || body)); } catch (e) { throw new HttpError(400, e.message); }
+        return sendJsonCtl(res, 200, list.map(appView));
+      }
+      if (m === 'DELETE' && parts.length === 3) {
+        const a = apps.get(parts[2]);
+        if (!a) throw new HttpError(404, 'app not found');
+        for (const s of a.merchants) tokens.delete(s.app_auth_token);
+        apps.delete(parts[2]);
+        return sendJsonCtl(res, 200, { ok: true });
+      }
+    }
+    if (route === 'reset' && m === 'POST') { reset(); return sendJsonCtl(res, 200, { ok: true }); }
+    if (route === 'scan' && m === 'POST') return sendJsonCtl(res, 200, tradeView(controlScan(await readJson(req))));
+    if (route === 'pay') {
+      if (m === 'POST') return sendJsonCtl(res, 200, tradeView(controlPay(await readJson(req))));
+      if (m === 'GET') {
+        let t;
+        let msg;
+        try { t = controlPay(q); msg = 'Paid. The notification is on its way.'; } catch (e) {
+          if (!(e instanceof HttpError) || e.code === 400 || e.code === 404) throw e;
+          t = lookupTrade(q); msg = e.message;
+        }
+        return send(res, 200, 'text/html; charset=UTF-8', payPage(t, msg));
+      }
+    }
+    if (route === 'fail' && m === 'POST') {
+      const t = lookupTrade(await readJson(req));
+      if (t.state !== 'WAIT_BUYER_PAY') throw new HttpError(409, `trade is ${t.state}, only WAIT_BUYER_PAY can be given up`);
+      markClosed(t, 'buyer gave up');
+      return sendJsonCtl(res, 200, tradeView(t));
+    }
+    if (route === 'notify' && m === 'POST') {
+      const t = lookupTrade(await readJson(req));
+      if (!t.paid_at) throw new HttpError(409, `trade is ${t.state}, never paid`);
+      if (!t.notify_url) throw new HttpError(409, 'trade has no notify_url');
+      startNotify(t, 'resend');
+      return sendJsonCtl(res, 200, tradeView(t));
+    }
+    if (route === 'refund' && parts[2] === 'settle' && m === 'POST') {
+      return sendJsonCtl(res, 200, { settled: settleRefunds(await readJson(req)) });
+    }
+    if (route === 'faults') {
+      if (m === 'GET') return sendJsonCtl(res, 200, faults.map(faultView));
+      if (m === 'POST') {
+        const body = await readJson(req);
+        const list = Array.isArray(body) ? body : (Array.isArray(body.faults) ? body.faults : [body]);
+        let norm;
+        try { norm = list.map(normaliseFault); } catch (e) { throw new HttpError(400, e.message); }
+        faults.push(...norm);
+        return sendJsonCtl(res, 200, norm.map(faultView));
+      }
+      if (m === 'DELETE') {
+        if (parts.length === 3) {
+          const before = faults.length;
+          faults = faults.filter((f) => String(f.id) !== parts[2]);
+          if (faults.length === before) throw new HttpError(404, 'fault not found');
+        } else faults = [];
+        return sendJsonCtl(res, 200, { ok: true, active: faults.map(faultView) });
+      }
+    }
+    if (route === 'trades' && m === 'GET') {
+      if (parts.length === 4) {
+        const t = trades.get(tkey(parts[2], parts[3]));
+        if (!t) throw new HttpError(404, 'trade not found');
+        return sendJsonCtl(res, 200, tradeView(t));
+      }
+      if (parts.length === 2) {
+        const limit = Math.max(1, Math.min(10000, Number(q.limit) || 100));
+        return sendJsonCtl(res, 200, [...trades.values()].slice(-limit).reverse().map((t) => {
+          refresh(t);
+          return { seller_id: t.seller_id, out_trade_no: t.out_trade_no, trade_no: t.trade_no, kind: t.kind,
+            state: t.state, total_amount: yuan(t.total), created_at: iso(t.created_at) };
+        }));
+      }
+    }
+    if (route === 'requests' && m === 'GET') {
+      const limit = Math.max(1, Math.min(REQUEST_LOG_SIZE, Number(q.limit) || 50));
+      return sendJsonCtl(res, 200, requestLog.slice(-limit).reverse().map(requestView));
+    }
+    if (route === 'qr' && m === 'GET' && parts.length === 3) {
+      const t = tradesByToken.get(parts[2]);
+      if (!t) throw new HttpError(404, 'unknown token');
+      refresh(t);
+      return send(res, 200, 'text/html; charset=UTF-8', payPage(t));
+    }
+    throw new HttpError(404, `no such control endpoint: ${m} ${url.pathname}`);
+  } catch (e) {
+    if (e instanceof HttpError) return sendJsonCtl(res, e.code, { error: e.message });
+    process.stderr.write(`alipay-sim: control error: ${e.stack}\n`);
+    return sendJsonCtl(res, 500, { error: e.message });
+  }
+}
+
+function indexPage() {
+  const rows = [...trades.values()].slice(-50).reverse().map((t) => {
+    refresh(t);
+    return `<tr><td>${escHtml(t.seller_id)}</td><td>${t.token ? `<a href="/_sim/qr/${t.token}">${escHtml(t.out_trade_no)}</a>` : escHtml(t.out_trade_no)}</td>` +
+      `<td>${t.kind}</td><td>${yuan(t.total)}</td><td>${t.state}</td>` +
+      `<td><a href="/_sim/trades/${encodeURIComponent(t.seller_id)}/${encodeURIComponent(t.out_trade_no)}">json</a></td></tr>`;
+  }).join('');
+  return '<!doctype html><html><head><meta charset="utf-8"><title>alipay-sim</title></head><body>' +
+    '<h2>alipay-sim</h2><p>Gateway: POST /gateway.do. Control API: see test/sim/README.md. ' +
+    '<a href="/_sim/health">health</a> · <a href="/_sim/requests?limit=20">requests</a> · <a href="/_sim/faults">faults</a></p>' +
+    `<table border="1" cellpadding="4"><tr><th>seller_id</th><th>out_trade_no</th><th>kind</th><th>¥</th><th>state</th><th></th></tr>${rows}</table>` +
+    '</body></html>';
+}
+
+// ---------------------------------------------------------------------------------------------
+// server
+
+function handler(req, res) {
+  let url;
+  try { url = new URL(req.url, 'http://sim'); } catch (e) { return send(res, 400, 'text/plain', 'bad url\n'); }
+  const p = url.pathname;
+  if (p === '/_sim' || p.startsWith('/_sim/')) { handleControl(req, res, url); return; }
+  if (p.endsWith('/gateway.do')) {
+    handleGateway(req, res, url).catch((e) => {
+      process.stderr.write(`alipay-sim: gateway error: ${e.stack}\n`);
+      if (!res.headersSent) send(res, 500, 'text/plain', 'internal error\n');
+    });
+    return;
+  }
+  if (p === '/' && req.method === 'GET') return send(res, 200, 'text/html; charset=UTF-8', indexPage());
+  req.resume();
+  send(res, 404, 'text/plain', 'not found\n');
+}
+
+if (opts.config) loadConfig(opts.config);
+
+const server = opts.tlsCert
+  ? https.createServer({ cert: fs.readFileSync(opts.tlsCert), key: fs.readFileSync(opts.tlsKey) }, handler)
+  : http.createServer(handler);
+server.keepAliveTimeout = 60000;
+server.headersTimeout = 65000;
+server.requestTimeout = 0;
+let actualPort = opts.port;
+
+server.on('error', (e) => { process.stderr.write(`alipay-sim: ${e.message}\n`); process.exit(1); });
+server.listen(opts.port, opts.host, () => {
+  actualPort = server.address().port;
+  const h = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
+  process.stdout.write(`alipay-sim listening on ${opts.tlsCert ? 'https' : 'http'}://${h}:${actualPort}\n`);
+});
+
+function shutdown() {
+  for (const tm of notifyTimers) clearTimeout(tm);
+  for (const r of heldResponses) r.destroy();
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 1000).unref();
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
