@@ -75,7 +75,8 @@ static void ingest_cb(void *udata, gw_err_t err, cJSON *j)
     }
     const char *outcome = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "outcome"));
     int verified = n->verify_err == GW_OK;
-    gw_log_req(verified && outcome && strncmp(outcome, "rejected", 8) != 0 ? GW_LOG_INFO : GW_LOG_WARN,
+    gw_log_req(verified && outcome && strncmp(outcome, "rejected", 8) != 0 &&
+                       strncmp(outcome, "conflict", 8) != 0 ? GW_LOG_INFO : GW_LOG_WARN,
                n->req->id, "notify %s: order %s mch %s: %s", n->channel, n->out.out_trade_no,
                n->out.mch_id, outcome ? outcome : "?");
     /* A verified notification is acknowledged once it is recorded, even when
