@@ -15,10 +15,13 @@
  *   GET  /admin/orders/{trade_no}           an order with its events
  *   GET  /admin/notifications?status=FAILED merchant notifications by state
  *   POST /admin/notifications/{id}/resend   deliver once more
+ *   POST /admin/settlement/redrive          {from_event_id} (settle.c)
+ *   POST /admin/reconcile?channel=&date=[&mch_id=]  the channel's bill as body (settle.c)
  */
 #include "api.h"
 #include "channel.h"
 #include "health.h"
+#include "settle.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -461,6 +464,16 @@ void gw_admin_dispatch(gw_app_t *app, gw_http_req_t *req)
     if (n == 4 && gw_str_eq(seg[1], "notifications") && gw_str_eq(seg[3], "resend")) {
         req->route = "admin:notifications/resend";
         if (post) return post_resend(app, req, seg[2]);
+        goto not_allowed;
+    }
+    if (n == 3 && gw_str_eq(seg[1], "settlement") && gw_str_eq(seg[2], "redrive")) {
+        req->route = "admin:settlement/redrive";
+        if (post) return gw_settle_admin_redrive(app, req);
+        goto not_allowed;
+    }
+    if (n == 2 && gw_str_eq(seg[1], "reconcile")) {
+        req->route = "admin:reconcile";
+        if (post) return gw_settle_admin_reconcile(app, req);
         goto not_allowed;
     }
     if (n == 3 && gw_str_eq(seg[1], "orders")) {

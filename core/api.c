@@ -14,6 +14,7 @@
 #include "metrics.h"
 #include "health.h"
 #include "rows.h"
+#include "settle.h"
 #include "tasks.h"
 
 #include <cjson/cJSON.h>
@@ -208,6 +209,7 @@ void gw_api_init(gw_app_t *app)
 {
     app->merchants = gw_xcalloc(1, sizeof(*app->merchants));
     for (size_t i = 0; i < GW_ARRAY_SIZE(stmts); i++) gw_pg_prepare(app->pg, stmts[i].name, stmts[i].sql);
+    gw_settle_init(app);
     gw_chanop_metrics_init();
     gw_metric_declare("paygate_orders_total", "counter", "Orders created by method and first status");
 }
@@ -1313,6 +1315,20 @@ static void close_sub_cb(void *udata, gw_err_t err, cJSON *j)
     fill_merchant(a);
     fill_order(a);
     uint32_t flags = a->co.method == GW_METHOD_BARCODE ? GW_CALL_REVERSE : 0;
+    if (flags) {
+        /* some channels refuse a reverse before a minimum age (WeChat: 15 s) */
+        int64_t age = (int64_t)gw_now_ms() - a->co.created_ms;
+        int64_t min = gw_tasks_reverse_min_age_ms(a->app, jstr(a->order, "channel"));
+        if (a->co.created_ms > 0 && age < min) {
+            char secs[32];
+            snprintf(secs, sizeof(secs), "%lld", (long long)((min - age + 999) / 1000));
+            gw_http_add_header(a->req, "Retry-After", secs);
+            api_error(a, 409, "too_early",
+                      "the channel accepts a reverse only %lld ms after the payment started; retry in %s s",
+                      (long long)min, secs);
+            return;
+        }
+    }
     gw_err_t rc = gw_chanop_run(a->app, jstr(a->order, "channel"), GW_OP_CLOSE, flags, &a->cm,
                                 &a->co, NULL, close_cb, a);
     if (rc != GW_OK) api_error(a, 503, "channel_unavailable", "channel %s: %s",
@@ -1622,6 +1638,15 @@ static void balance_authed(api_req_t *a)
 }
 
 /* ------------------------------------------------------------------ */
+/* GET /v1/statements/{shop_id}?date=YYYY-MM-DD[&format=csv] (settle.c) */
+
+static void statement_authed(api_req_t *a)
+{
+    gw_settle_statement(a->app, a->req, a->merchant_id, a->path_id); /* answers the request */
+    api_free(a);
+}
+
+/* ------------------------------------------------------------------ */
 /* dispatch */
 
 void gw_notify_handle(gw_app_t *app, gw_http_req_t *req, gw_str_t channel);
@@ -1680,6 +1705,9 @@ void gw_api_dispatch(gw_app_t *app, gw_http_req_t *req)
         if (!get) goto not_allowed;
         if (n == 4 && !seg_is(seg[3], "entries")) step = NULL;
         else step = balance_authed, route = n == 3 ? "GET /v1/balances/{customer}" : "GET /v1/balances/{customer}/entries", id = seg[2];
+    } else if (n == 3 && seg_is(seg[0], "v1") && seg_is(seg[1], "statements")) {
+        if (!get) goto not_allowed;
+        step = statement_authed, route = "GET /v1/statements/{shop}", id = seg[2];
     } else if (n >= 2 && seg_is(seg[0], "v1") && seg_is(seg[1], "refunds")) {
         if (!get) goto not_allowed;
         if (n == 2) step = refund_get_authed, route = "GET /v1/refunds";

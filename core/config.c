@@ -117,6 +117,10 @@ static const gw__cfg_field_t api_fields[] = {
     INT("min_expire_s", api.min_expire_s, 0, 1, 86400),
     END
 };
+static const gw__cfg_field_t settlement_fields[] = {
+    STR("timezone", settlement.timezone, 0),
+    END
+};
 static const gw__cfg_field_t root_fields[] = {
     OBJ("listen", listen_fields, 1),
     OBJ("admin", admin_fields, 1),
@@ -128,6 +132,7 @@ static const gw__cfg_field_t root_fields[] = {
     OBJ("channels", channels_fields, 1),
     OBJ("api", api_fields, 0),
     OBJ("tasks", tasks_fields, 0),
+    OBJ("settlement", settlement_fields, 0),
     END
 };
 
@@ -312,6 +317,7 @@ gw_err_t gw_config_parse(const char *text, size_t len, gw_config_t *cfg, char *e
     if (!cfg->listen_host) cfg->listen_host = gw_xstrdup("127.0.0.1");
     if (!cfg->admin_host) cfg->admin_host = gw_xstrdup("127.0.0.1");
     if (!cfg->redis.host) cfg->redis.host = gw_xstrdup("127.0.0.1");
+    if (!cfg->settlement.timezone) cfg->settlement.timezone = gw_xstrdup("Asia/Shanghai");
     if ((cfg->redis.sentinels == NULL) != (cfg->redis.master_name == NULL)) {
         snprintf(err, errlen, "redis.%s: required with redis.%s",
                  cfg->redis.sentinels ? "master_name" : "sentinels",
@@ -366,6 +372,7 @@ void gw_config_free(gw_config_t *c)
     free(c->channels.dir);
     free(c->channels.notify_base_url);
     free(c->tasks.node_id);
+    free(c->settlement.timezone);
     cJSON_Delete(c->channels.settings);
     cJSON_Delete(c->channels.limits);
     memset(c, 0, sizeof(*c));

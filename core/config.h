@@ -81,6 +81,9 @@ typedef struct gw_config {
         int timestamp_skew_s;      /* merchant request timestamps */
         int min_expire_s;          /* smallest expire_s a merchant may ask for */
     } api;
+    struct {
+        char *timezone;            /* business day of statements and bills [Asia/Shanghai] */
+    } settlement;
 } gw_config_t;
 
 /* Parses and validates text.  On error returns GW_EINVAL and writes a message

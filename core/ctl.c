@@ -19,6 +19,7 @@
 #include "ctl.h"
 #include "channel.h"
 #include "host.h"
+#include "settle.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -54,6 +55,8 @@ static void usage(FILE *f)
             "                --order JSON|@file [--refund JSON|@file]\n"
             "       paygated channel notify-verify --module FILE.so [--settings JSON|@file]\n"
             "                --merchant JSON|@file [REQUEST_FILE|-]\n"
+            "       paygated channel reconcile -c CONFIG --channel NAME --date YYYY-MM-DD\n"
+            "                [--mch-id MCH] [--json] BILL_FILE|-   (needs the database)\n"
             "merchant: {\"mch_id\",\"app_id\",\"key\",\"private_key\",\"public_key\",\"extra\"};\n"
             "          a value \"@path\" is read from that file (e.g. a PEM key)\n"
             "exit status: 0 ok/verified, 1 rejected, 2 usage or input error\n");
@@ -670,6 +673,7 @@ int gw_ctl_run(int argc, char **argv, FILE *out, FILE *err)
     c.out = out;
     c.err = err;
     ctl_args_t a;
+    if (argc >= 2 && strcmp(argv[1], "reconcile") == 0) return gw_settle_reconcile_cli(argc - 1, argv + 1, out, err);
     if (argc >= 2 && (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "-h") == 0 ||
                       strcmp(argv[1], "--help") == 0)) {
         usage(out);

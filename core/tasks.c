@@ -16,7 +16,12 @@
  *            queried otherwise, with backoff;
  *   notifications to merchants: POSTed, signed with the merchant's secret,
  *            until the merchant answers 200 "success", on the configured
- *            schedule; then FAILED and listed for the operator.
+ *            schedule; then FAILED and listed for the operator;
+ *   settlement: one step of the settlement consumer (gw_settle_run,
+ *            storage/migrations/0007): order events of finished
+ *            transactions → settlement entries, a batch of transactions at a
+ *            time; again at once while there is a backlog.  No lease: one
+ *            cursor row taken with FOR UPDATE SKIP LOCKED.
  *
  * Every delay of a schedule is multiplied by tasks.time_scale (tests run
  * them compressed).
@@ -35,9 +40,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-enum { K_ORDERS, K_REFUNDS, K_NOTIFY, K_N };
-static const char *const kind_names[K_N] = { "orders", "refunds", "notifications" };
-static const char *const claim_stmts[K_N] = { "claim_orders", "claim_refunds", "claim_notifications" };
+enum { K_ORDERS, K_REFUNDS, K_NOTIFY, K_SETTLE, K_N };
+static const char *const kind_names[K_N] = { "orders", "refunds", "notifications", "settlement" };
+static const char *const claim_stmts[K_N] = { "claim_orders", "claim_refunds", "claim_notifications",
+                                              "settle_run" };
 
 struct gw_tasks {
     gw_app_t *app;
@@ -115,6 +121,16 @@ static void job_free(job_t *j)
     cJSON_Delete(j->row);
     free(j);
     maybe_done(t);
+}
+
+uint32_t gw_tasks_reverse_min_age_ms(gw_app_t *app, const char *channel)
+{
+    gw_tasks_t tmp = { .app = app };
+    gw_chan_policy_t pol;
+    gw_chan_module_t *m = channel ? gw_chan_acquire(app->channels, channel) : NULL;
+    policy_for(m, &pol);
+    if (m) gw_chan_release(m);
+    return pol.reverse_min_age_ms ? scaled(&tmp, pol.reverse_min_age_ms) : 0;
 }
 
 uint32_t gw_tasks_first_check_ms(gw_app_t *app, const char *channel, const char *status)
@@ -508,6 +524,8 @@ typedef struct claim {
     int kind;
 } claim_t;
 
+static void claim(gw_tasks_t *t, int kind);
+
 static void claimed(void *udata, gw_err_t err, cJSON *arr)
 {
     claim_t *c = udata;
@@ -523,6 +541,13 @@ static void claimed(void *udata, gw_err_t err, cJSON *arr)
     if (err != GW_OK) {
         if (err != GW_EUNAVAIL)
             gw_log(GW_LOG_WARN, "tasks: claiming %s failed: %s", kind_names[kind], gw_strerror(err));
+        return;
+    }
+    if (kind == K_SETTLE) { /* the step is done in the database */
+        if (gw_jint(arr, "entries") > 0)
+            gw_log(GW_LOG_DEBUG, "tasks: settlement: %lld events, %lld entries",
+                   (long long)gw_jint(arr, "events"), (long long)gw_jint(arr, "entries"));
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(arr, "more"))) claim(t, K_SETTLE);
         return;
     }
     cJSON *it;
@@ -565,8 +590,10 @@ static void claim(gw_tasks_t *t, int kind)
     snprintf(lim, sizeof(lim), "%d", room);
     snprintf(per, sizeof(per), "%d", cfg->tasks.notify_per_merchant);
     const char *v[] = { t->owner, lease, lim, per };
+    const char *vs[] = { lim };
     t->claiming[kind] = 1;
-    gw_err_t rc = gw_pg_json(t->app, claim_stmts[kind], kind == K_NOTIFY ? 4 : 3, v, claimed, c);
+    gw_err_t rc = kind == K_SETTLE ? gw_pg_json(t->app, claim_stmts[kind], 1, vs, claimed, c)
+                                   : gw_pg_json(t->app, claim_stmts[kind], kind == K_NOTIFY ? 4 : 3, v, claimed, c);
     if (rc != GW_OK) {
         t->claiming[kind] = 0;
         free(c);
@@ -601,6 +628,7 @@ static const struct {
     { "claim_refunds", "SELECT gw_claim_refunds($1, $2::int, $3::int)" },
     { "claim_notifications", "SELECT gw_claim_notifications($1, $2::int, $3::int, $4::int)" },
     { "notification_attempt", "SELECT gw_notification_attempt($1::bigint, $2, $3::boolean, $4::int, $5, $6::int)" },
+    { "settle_run", "SELECT gw_settle_run($1::int)" },
 };
 
 gw_tasks_t *gw_tasks_new(gw_app_t *app)

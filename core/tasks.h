@@ -24,6 +24,9 @@ void gw_tasks_stop(gw_tasks_t *t, void (*done)(void *), void *udata);
  * time-scaled.  Used by the API when it writes a state. */
 uint32_t gw_tasks_first_check_ms(gw_app_t *app, const char *channel, const char *status);
 
+/* The channel's earliest age for a reverse (time-scaled; 0: any time). */
+uint32_t gw_tasks_reverse_min_age_ms(gw_app_t *app, const char *channel);
+
 /* Merchant notification signature: lower-case hex
  * HMAC-SHA256(secret, TIMESTAMP "\n" NONCE "\n" BODY). */
 void gw_notification_sign(const char *secret, const char *ts, const char *nonce, const char *body,

@@ -1327,6 +1327,69 @@ function settleRefunds(p) {
     out_refund_no: refund.out_refund_no, refund_id: refund.refund_id, status: refund.status }));
 }
 
+// ---------------------------------------------------------------------------------------------
+// bill files (pay.bill.merchant, served as GET /_sim/bill)
+//
+// The merchant bill Swiftpass returns from https://download.swiftpass.cn/gateway for
+// service=pay.bill.merchant, bill_type=ALL: UTF-8 text, one title line, one line per trade or
+// refund with every value prefixed by "`" (spreadsheets then keep long numbers as text), and a
+// summary (a title line and a "`"-prefixed values line).  Columns as in the integrations seen
+// (a Java parser reads 子商户号 at index 4, 商户订单号 at 8, 总金额 at 14, 手续费 at 24); the
+// columns after 费率 in some versions (终端类型, 门店编号, …) are left out.  Amounts are yuan with
+// two decimals.  A paid trade is one line with 交易状态 SUCCESS on the day it was paid (GMT+8); a
+// refund is one line with 交易状态 REFUND on the day it succeeded; a trade revoked after payment
+// is listed as REVOKED.  Summary: 总交易单数 = all lines, 总交易额 = the SUCCESS lines' 总金额,
+// 总退款金额 = the REFUND lines' 退款金额, 手续费总金额 = the SUCCESS lines' 手续费 (the
+// simulator's own rate, fee_ppm, default 3800 = 0.38 %, rounded half up).
+
+const BILL_COLUMNS = ['交易时间', '公众账号ID', '第三方商户号', '商户号', '子商户号', '设备编号', '平台订单号',
+  '第三方订单号', '商户订单号', '用户标识', '交易类型', '交易状态', '付款银行', '货币种类', '总金额', '企业红包金额',
+  '平台退款单号', '商户退款单号', '退款金额', '企业红包退款金额', '退款类型', '退款状态', '商品名称', '商户数据包',
+  '手续费', '费率'];
+const BILL_SUMMARY = ['总交易单数', '总交易额', '总退款金额', '总企业红包退款金额', '手续费总金额'];
+
+function billTime(ms) {
+  const s = gmt8(ms);
+  return `${s.slice(0, 4)}-${s.slice(4, 6)}-${s.slice(6, 8)} ${s.slice(8, 10)}:${s.slice(10, 12)}:${s.slice(12, 14)}`;
+}
+function billFile(mchId, day, feePpm) {
+  const clean = (v) => String(v == null ? '' : v).replace(/[`\r\n]/g, ' ');
+  const line = (vals) => vals.map((v) => '`' + clean(v)).join(',');
+  const feeOf = (fen) => Math.floor((fen * feePpm + 500000) / 1000000);
+  const rate = `${(feePpm / 10000).toFixed(2)}%`;
+  const rows = [];
+  for (const o of orders.values()) {
+    if (mchId && o.mch_id !== mchId) continue;
+    refresh(o);
+    const mer = merchants.get(o.mch_id) || {};
+    const base = (at, state) => ({ at, vals: [billTime(at), o.sub_appid || mer.appid || '', '', o.mch_id, '', o.device_info || '',
+      o.transaction_id, o.out_transaction_id || '', o.out_trade_no, o.openid || '', o.trade_type, state,
+      o.bank_type || '', 'CNY', yuan(o.total_fee), '0.00'] });
+    if (o.paid_at && gmt8(o.paid_at).slice(0, 8) === day) {
+      const state = o.state === 'REVOKED' ? 'REVOKED' : 'SUCCESS';
+      const fee = state === 'SUCCESS' ? feeOf(o.total_fee) : 0;
+      const r = base(o.paid_at, state);
+      r.vals.push('', '', '0.00', '0.00', '', '', o.body || '', o.attach || '', yuan(fee), rate);
+      r.state = state; r.total = o.total_fee; r.fee = fee;
+      rows.push(r);
+    }
+    for (const rf of o.refunds) {
+      if (rf.status !== 'SUCCESS' || !rf.refund_time || gmt8(rf.refund_time).slice(0, 8) !== day) continue;
+      const r = base(rf.refund_time, 'REFUND');
+      r.vals.push(rf.refund_id, rf.out_refund_no, yuan(rf.refund_fee), '0.00', rf.refund_channel || 'ORIGINAL',
+        'SUCCESS', o.body || '', o.attach || '', '0.00', rate);
+      r.state = 'REFUND'; r.refund = rf.refund_fee; r.fee = 0;
+      rows.push(r);
+    }
+  }
+  rows.sort((a, b) => a.at - b.at);
+  const paid = rows.filter((r) => r.state === 'SUCCESS').reduce((t, r) => t + r.total, 0);
+  const refunded = rows.filter((r) => r.state === 'REFUND').reduce((t, r) => t + r.refund, 0);
+  const fees = rows.reduce((t, r) => t + r.fee, 0);
+  return [BILL_COLUMNS.join(','), ...rows.map((r) => line(r.vals)), BILL_SUMMARY.join(','),
+    line([rows.length, yuan(paid), yuan(refunded), '0.00', yuan(fees)])].join('\r\n') + '\r\n';
+}
+
 function reset() {
   generation++;
   for (const t of notifyTimers) clearTimeout(t);
@@ -1427,6 +1490,15 @@ async function handleControl(req, res, url) {
         } else faults = [];
         return sendJson(res, 200, { ok: true, active: faults.map(faultView) });
       }
+    }
+    if (route === 'bill' && m === 'GET') {
+      // GET /_sim/bill?date=YYYYMMDD|YYYY-MM-DD[&mch_id=…][&fee_ppm=3800] → the day's bill (text)
+      const day = String(q.date || q.bill_date || '').replace(/-/g, '');
+      if (!/^\d{8}$/.test(day)) throw new HttpError(400, 'date=YYYYMMDD is required');
+      const feePpm = q.fee_ppm == null ? 3800 : Number(q.fee_ppm);
+      if (!Number.isInteger(feePpm) || feePpm < 0 || feePpm > 1000000) throw new HttpError(400, 'fee_ppm must be 0..1000000');
+      if (q.mch_id && !merchants.has(String(q.mch_id))) throw new HttpError(404, 'merchant not found');
+      return send(res, 200, 'text/plain; charset=UTF-8', billFile(q.mch_id ? String(q.mch_id) : null, day, feePpm));
     }
     if (route === 'orders' && m === 'GET') {
       if (parts.length === 4) {
