@@ -1,0 +1,494 @@
+#!/usr/bin/env bash
+# test/bench/run.sh — what `make bench` runs after `make deps rel`.
+#
+# Everything on this machine, on loopback, in a temp directory:
+#   a private PostgreSQL (fsync on, synchronous_commit on) and Redis
+#   (test/lib/services.sh); the Swiftpass side: the C stub `gwload sp-stub`
+#   (real XML and MD5 signatures both ways, no state; BENCH_SWIFTPASS=node
+#   uses test/sim/swiftpass.js instead, whose own ceiling is measured
+#   either way); the mock channel (test/channels/mock, built here -O2) with
+#   test/sim/mock.js as the second, slow channel; a copy of build/rel/paygated
+#   with a bench configuration (log_level warn, tasks.enabled false); the
+#   load generator test/bench/gwload.c (built here with cc: libuv, mbedtls).
+#
+# Phases (docs/performance.md explains each):
+#   ceilings   pgbench durable 1-row INSERT (1/4/16 clients), pg_test_fsync,
+#              bare HTTP on one libuv loop (gwload serve), the Swiftpass
+#              simulator and stub alone, pgbench running paygated's two
+#              c-to-b statements
+#   ctob       c-to-b create through Swiftpass (wechat_qr)
+#   btoc       b-to-c create, immediate success (barcode)
+#   notify     Swiftpass payment notifications (MD5-signed) for PENDING orders
+#   slow       ctob again while the mock channel answers after 3 s with
+#              BENCH_SLOW_CONNS orders in flight on it
+#   idle       BENCH_IDLE_CONNS idle keep-alive connections: paygated RSS
+#
+# Environment: BENCH_DURATION (s per phase, 20), BENCH_WARMUP (3),
+# BENCH_CONNS (64), BENCH_SLOW_CONNS (200), BENCH_IDLE_CONNS (10000),
+# BENCH_NOTIFY_ORDERS (150000), BENCH_PHASES ("ceilings ctob btoc notify slow
+# idle"), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
+# paygated's own), BENCH_SYNC_COMMIT=off (a diagnostic, marked as such, never
+# a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
+# times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
+# callgrind during ctob; needs valgrind; use BENCH_CONNS=8), BENCH_KEEP=1
+# (keep the temp directory and services).
+#
+# Output: the table on stdout and in build/bench/results.md; the raw JSON of
+# each phase in build/bench/results.jsonl; profiles in build/bench/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+OUT=$ROOT/build/bench
+DUR=${BENCH_DURATION:-20}
+WARM=${BENCH_WARMUP:-3}
+CONNS=${BENCH_CONNS:-64}
+SLOW_CONNS=${BENCH_SLOW_CONNS:-200}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-150000}
+PHASES=" ${BENCH_PHASES:-ceilings ctob btoc notify slow idle} "
+SECRET=bench-merchant-secret-0123456789
+MOCK_KEY=bench-mock-key-0123456789
+ADMIN_TOKEN=bench-admin-token-0123456789
+
+say() { echo "bench: $*" >&2; }
+has_phase() { [[ "$PHASES" == *" $1 "* ]]; }
+
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/paygate-bench.XXXXXX)
+RESULTS=$OUT/results.jsonl
+: > "$RESULTS"
+PIDS=()
+PAYGATED_PID=""
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$PAYGATED_PID" ] && kill -0 "$PAYGATED_PID" 2>/dev/null; then
+    kill -TERM "$PAYGATED_PID"
+    for _ in $(seq 1 100); do kill -0 "$PAYGATED_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$PAYGATED_PID" 2>/dev/null
+  fi
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  if [ -n "${BENCH_KEEP:-}" ]; then
+    say "kept $WORK (services still running: bash test/lib/services.sh destroy $WORK/svc)"
+  else
+    bash test/lib/services.sh destroy "$WORK/svc" >/dev/null 2>&1
+    rm -rf "$WORK"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_listening() {
+  local hex
+  hex=$(printf '%04X' "$1")
+  awk -v p=":$hex" 'NR>1 && $4=="0A" && substr($2, length($2)-4)==p {f=1} END{exit f?0:1}' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 12000 ))
+    port_listening "$p" || { echo "$p"; return; }
+  done
+  say "no free port"; exit 1
+}
+wait_http() { # url [tries]
+  for _ in $(seq 1 "${2:-150}"); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  say "$1 did not answer"; return 1
+}
+
+# ---------------------------------------------------------------- build
+[ -x build/rel/paygated ] || { say "build/rel/paygated missing (make rel)"; exit 1; }
+if [ -n "${BENCH_PROFILE:-}" ] && ! command -v perf >/dev/null; then
+  say "BENCH_PROFILE needs perf (apt-get install linux-perf)"; exit 1
+fi
+if [ -n "${BENCH_CALLGRIND:-}" ] && ! command -v valgrind >/dev/null; then
+  say "BENCH_CALLGRIND needs valgrind (apt-get install valgrind)"; exit 1
+fi
+say "building the load generator and the mock channel (-O2)"
+cc -std=c11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -o "$OUT/gwload" test/bench/gwload.c \
+  $(pkg-config --cflags --libs libuv) -lmbedcrypto
+# private copies: a concurrent `make rel` must not swap the binary mid-run
+mkdir -p "$WORK/bin" "$WORK/channels"
+cp build/rel/paygated "$WORK/bin/paygated"
+cp build/rel/channels/swiftpass.so "$WORK/channels/"
+cc -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -fvisibility=hidden -Ichannels -DGW_CHANNEL_NAME='"mock"' \
+  -shared -Wl,-z,defs -o "$WORK/channels/mock.so" test/channels/mock/mock.c -lc
+chmod 755 "$WORK/channels"; chmod 644 "$WORK/channels"/*.so
+BIN=$WORK/bin/paygated
+GWLOAD=$OUT/gwload
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" -lt $((IDLE_CONNS + 200)) ]; then
+  say "open files limit $(ulimit -n) < $((IDLE_CONNS + 200)): the idle phase uses $((IDLE_CONNS / 2)) connections"
+  IDLE_CONNS=$(( ($(ulimit -n) - 200) / 2 * 2 ))
+fi
+
+# ---------------------------------------------------------------- machine facts
+facts() {
+  local cpu kernel pgv
+  cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+  kernel=$(uname -r)
+  pgv=$("$(ls -d /usr/lib/postgresql/*/bin | tail -1)/postgres" --version | awk '{print $3}')
+  printf '{"phase":"facts","cpu":"%s","cores":%d,"mem_mb":%d,"kernel":"%s","postgres":"%s","node":"%s","redis":"%s","loadavg":"%s","commit":"%s","date":"%s"}\n' \
+    "$cpu" "$(nproc)" "$(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo)" "$kernel" "$pgv" \
+    "$(node --version)" "$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" "$(git rev-parse --short HEAD 2>/dev/null || echo ?)$(git diff --quiet 2>/dev/null || echo +dirty)" \
+    "$(date -u +%FT%TZ)"
+}
+facts >> "$RESULTS"
+echo "{\"phase\":\"settings\",\"conns\":$CONNS,\"duration_s\":$DUR,\"warmup_s\":$WARM,\"pg_pool\":\"${BENCH_PG_POOL:-4 (default)}\",\"synchronous_commit\":\"${BENCH_SYNC_COMMIT:-on}\",\"swiftpass_side\":\"${BENCH_SWIFTPASS:-stub}\",\"slow_conns\":$SLOW_CONNS}" >> "$RESULTS"
+
+# ---------------------------------------------------------------- services
+say "starting PostgreSQL and Redis in $WORK/svc"
+SERVICES_QUIET=1 bash test/lib/services.sh start "$WORK/svc" >/dev/null
+# shellcheck disable=SC1091
+. "$WORK/svc/services.env"
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
+PSQL=("$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U paygate -d paygate)
+postmaster_pid() { head -1 "$(readlink -f "$WORK/svc/pg")/data/postmaster.pid"; }
+PG_PID=$(postmaster_pid)
+REDIS_PID=$(cat "$WORK/svc/redis/redis.pid")
+if [ -n "${BENCH_SYNC_COMMIT:-}" ]; then
+  say "DIAGNOSTIC RUN: synchronous_commit = $BENCH_SYNC_COMMIT (not a headline figure)"
+  "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate \
+    -c "ALTER SYSTEM SET synchronous_commit = '$BENCH_SYNC_COMMIT'" -c "SELECT pg_reload_conf()" >/dev/null
+  sleep 0.5
+fi
+"${PSQL[@]}" -tAc "SHOW synchronous_commit; SHOW fsync;" | tr '\n' ' ' | sed 's/^/bench: synchronous_commit, fsync: /' >&2; echo >&2
+
+# PostgreSQL's own view of a phase: commits and WAL flushes (pg_stat_wal,
+# PostgreSQL 14+): commits per flush is how much group commit helped.
+pg_snap() {
+  "${PSQL[@]}" -tAc "SELECT (SELECT sum(xact_commit) FROM pg_stat_database) || ' ' || wal_sync || ' ' || wal_write || ' ' || wal_bytes FROM pg_stat_wal" 2>/dev/null || echo "0 0 0 0"
+}
+pg_delta() { # snap_before snap_after seconds -> json fragment
+  local a=($1) b=($2) sec=$3
+  awk -v c0="${a[0]}" -v s0="${a[1]}" -v w0="${a[2]}" -v b0="${a[3]}" -v c1="${b[0]}" -v s1="${b[1]}" -v w1="${b[2]}" -v b1="${b[3]}" -v t="$sec" \
+    'BEGIN { c=c1-c0; s=s1-s0; printf "\"pg\":{\"commits_per_s\":%.0f,\"wal_syncs_per_s\":%.0f,\"wal_writes_per_s\":%.0f,\"commits_per_sync\":%.2f,\"wal_kb_per_s\":%.0f}", c/t, s/t, (w1-w0)/t, (s>0?c/s:0), (b1-b0)/1024/t }'
+}
+
+phase_json() { # name json [extra json fragment] -> results
+  local name=$1 json=$2 extra=${3:-}
+  [ -z "$extra" ] || json="${json%\}},$extra}"
+  echo "{\"phase\":\"$name\",${json#\{}" >> "$RESULTS"
+  echo "$json" | jq -c '{rate, p50_ms, p99_ms, p999_ms, bad, status, cpu_pct, box_busy_pct, loadavg_end}' 2>/dev/null >&2 || echo "$json" >&2
+}
+
+# ---------------------------------------------------------------- ceilings
+if has_phase ceilings; then
+  say "ceiling: PostgreSQL durable single-row INSERT (pgbench)"
+  "${PSQL[@]}" -c "CREATE TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, v int NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+  printf '\\set v random(1, 1000000)\nINSERT INTO bench_insert (v) VALUES (:v);\n' > "$WORK/insert.sql"
+  for c in 1 4 16; do
+    j=$(( c < 2 ? 1 : 2 ))
+    out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U paygate -n -M prepared -f "$WORK/insert.sql" \
+          -c "$c" -j "$j" -T 6 paygate 2>&1)
+    tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | tail -1)
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    echo "{\"phase\":\"pgbench\",\"clients\":$c,\"tps\":${tps:-0},\"latency_ms\":${lat:-0},\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >> "$RESULTS"
+    say "  pgbench -c $c: $tps inserts/s (mean latency $lat ms)"
+  done
+
+  say "machine: fdatasync latency of the PostgreSQL data directory's disk (pg_test_fsync)"
+  tf=$(readlink -f "$WORK/svc/pg")/fsync-test
+  out=$(timeout 60 "$PG_BIN/pg_test_fsync" -s 1 -f "$tf" 2>&1 || true)
+  rm -f "$tf"
+  fds=$(echo "$out" | awk '$1 == "fdatasync" && $2 ~ /^[0-9.]+$/ {print $2; exit}')
+  echo "{\"phase\":\"fsync\",\"fdatasync_per_s\":${fds:-0},\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >> "$RESULTS"
+  say "  one 8 kB write + fdatasync: ${fds:-?} per second"
+
+  say "ceiling: bare HTTP on one libuv loop (gwload serve)"
+  SP=$(free_port)
+  "$GWLOAD" serve --port "$SP" > "$WORK/serve.log" 2>&1 &
+  SERVE_PID=$!; PIDS+=("$SERVE_PID")
+  wait_http "http://127.0.0.1:$SP/"
+  j=$("$GWLOAD" get --port "$SP" --path / --conns "$CONNS" --duration 10 --warmup 2 --expect ok \
+      --watch "server=$SERVE_PID")
+  phase_json bare_http "$j"
+  kill -TERM "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
+fi
+
+# ---------------------------------------------------------------- simulators
+SW_PORT=$(free_port)
+MOCK_PORT=$(free_port)
+cat > "$WORK/sim-swiftpass.json" <<EOF
+{ "merchants": [
+  { "mch_id": "755437100001", "sign_type": "MD5", "key": "bench-md5-key-755437100001" },
+  { "mch_id": "755437100002", "sign_type": "MD5", "key": "bench-md5-key-755437100002" },
+  { "mch_id": "755437100003", "sign_type": "MD5", "key": "bench-md5-key-755437100003" } ],
+  "settings": { "close_min_age_s": 300, "refund_delay_s": 3 } }
+EOF
+node test/sim/swiftpass.js --port "$SW_PORT" --config "$WORK/sim-swiftpass.json" > "$WORK/sim-swiftpass.log" 2>&1 &
+SW_PID=$!; PIDS+=("$SW_PID")
+node test/sim/mock.js --port "$MOCK_PORT" --key "$MOCK_KEY" > "$WORK/sim-mock.log" 2>&1 &
+MOCK_PID=$!; PIDS+=("$MOCK_PID")
+wait_http "http://127.0.0.1:$SW_PORT/_sim/health"
+wait_http "http://127.0.0.1:$MOCK_PORT/_sim/health"
+SUB_KEYS="755437100001:bench-md5-key-755437100001,755437100002:bench-md5-key-755437100002,755437100003:bench-md5-key-755437100003"
+
+if has_phase ceilings; then
+  say "ceiling: the Swiftpass simulator alone (Node; signed unified.trade.native, straight at it)"
+  j=$("$GWLOAD" sp-pay --port "$SW_PORT" --mch 755437100001 --key bench-md5-key-755437100001 \
+      --conns "$CONNS" --duration 10 --warmup 2 --expect '<result_code><![CDATA[0]]></result_code>' \
+      --watch "swiftpass-sim=$SW_PID")
+  phase_json swiftpass_sim "$j"
+  curl -sf -X POST "http://127.0.0.1:$SW_PORT/_sim/reset" >/dev/null
+fi
+
+# The Swiftpass side paygated talks to: the C stub (default; gwload sp-stub:
+# real XML, real MD5 signatures both ways, no state, no notifications) or,
+# with BENCH_SWIFTPASS=node, the Node simulator itself.
+if [ "${BENCH_SWIFTPASS:-stub}" = node ]; then
+  SW_SIDE=swiftpass-sim
+else
+  STUB_PORT=$(free_port)
+  "$GWLOAD" sp-stub --port "$STUB_PORT" --merchants "$SUB_KEYS" > "$WORK/stub.log" 2>&1 &
+  STUB_PID=$!; PIDS+=("$STUB_PID")
+  for _ in $(seq 1 50); do port_listening "$STUB_PORT" && break; sleep 0.1; done
+  if has_phase ceilings; then
+    say "ceiling: the Swiftpass stub alone (C)"
+    j=$("$GWLOAD" sp-pay --port "$STUB_PORT" --mch 755437100001 --key bench-md5-key-755437100001 \
+        --conns "$CONNS" --duration 6 --warmup 1 --expect '<result_code><![CDATA[0]]></result_code>' \
+        --watch "swiftpass-stub=$STUB_PID")
+    phase_json swiftpass_stub "$j"
+  fi
+  # the Node simulator is not needed any more
+  kill -TERM "$SW_PID" 2>/dev/null || true
+  SW_PORT=$STUB_PORT SW_PID=$STUB_PID SW_SIDE=swiftpass-stub
+fi
+
+# ---------------------------------------------------------------- paygated
+GW_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
+cat > "$WORK/paygated.json" <<EOF
+{
+  "listen": { "host": "127.0.0.1", "port": $GW_PORT },
+  "admin": { "host": "127.0.0.1", "port": $ADMIN_PORT, "token": "$ADMIN_TOKEN" },
+  "log_level": "warn",
+  "http": { "max_connections": $((IDLE_CONNS + 2000)) },
+  "postgres": { "conninfo": "host=127.0.0.1 port=$PG_PORT dbname=paygate user=paygate"${BENCH_PG_POOL:+, \"pool_size\": $BENCH_PG_POOL} },
+  "redis": { "host": "127.0.0.1", "port": $REDIS_PORT },
+  "channels": {
+    "dir": "$WORK/channels",
+    "settings": {
+      "swiftpass": { "gateway_url": "http://127.0.0.1:$SW_PORT/pay/gateway" },
+      "mock": { "gateway_url": "http://127.0.0.1:$MOCK_PORT" }
+    },
+    "notify_base_url": "http://127.0.0.1:$GW_PORT"
+  },
+  "tasks": { "enabled": false }
+}
+EOF
+"$BIN" --check-config "$WORK/paygated.json"
+"$BIN" migrate -c "$WORK/paygated.json" 2> "$WORK/migrate.log" || { cat "$WORK/migrate.log" >&2; exit 1; }
+if [ -n "${BENCH_CALLGRIND:-}" ]; then
+  # instruction counts instead of timings: paygated under callgrind (about
+  # 50x slower: use few connections); counters are zeroed after the warm-up
+  # and dumped after the c-to-b phase
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
+    "$BIN" -c "$WORK/paygated.json" 2> "$WORK/paygated.log" &
+else
+  "$BIN" -c "$WORK/paygated.json" 2> "$WORK/paygated.log" &
+fi
+PAYGATED_PID=$!
+wait_http "http://127.0.0.1:$GW_PORT/healthz" 300
+say "paygated (pid $PAYGATED_PID) on 127.0.0.1:$GW_PORT, RSS $(awk '/VmRSS/{print $2}' /proc/$PAYGATED_PID/status) kB"
+
+ADM="http://127.0.0.1:$ADMIN_PORT"
+adm() { curl -sf -X "$1" "$ADM$2" -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' -d "$3"; }
+adm PUT /admin/merchants/bm1 "{\"name\":\"Bench merchant\",\"secret\":\"$SECRET\"}" >/dev/null
+adm PUT /admin/shops/bs1 '{"merchant_id":"bm1","name":"fast shop (Swiftpass)"}' >/dev/null
+adm PUT /admin/shops/bs2 '{"merchant_id":"bm1","name":"slow shop (mock channel)"}' >/dev/null
+SUBS=""
+for mch in 755437100001 755437100002 755437100003; do
+  id=$(adm POST /admin/sub-merchants "{\"channel\":\"swiftpass\",\"mch_id\":\"$mch\",\"key\":\"bench-md5-key-$mch\"}" |
+       sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+  SUBS="$SUBS${SUBS:+,}$id"
+done
+SUB1=${SUBS%%,*}
+MOCK_SUB=$(adm POST /admin/sub-merchants "{\"channel\":\"mock\",\"mch_id\":\"MOCK0001\",\"key\":\"$MOCK_KEY\"}" |
+           sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+for m in wechat_qr barcode; do
+  adm PUT "/admin/shops/bs1/bindings/$m" "[{\"channel\":\"swiftpass\",\"sub_merchant_ids\":[$SUBS]}]" >/dev/null
+done
+adm PUT /admin/shops/bs2/bindings/wechat_qr "[{\"channel\":\"mock\",\"sub_merchant_ids\":[$MOCK_SUB]}]" >/dev/null
+
+# ceiling: PostgreSQL running just the two statements of a c-to-b create
+# (gw_order_create, then gw_order_transition CREATED → PENDING), each its own
+# durable transaction as paygated sends them, from pgbench: the most orders/s
+# this database can take with paygated's SQL, whatever paygated does.
+if has_phase ceilings; then
+  say "ceiling: PostgreSQL with the c-to-b statements only (pgbench)"
+  "${PSQL[@]}" -c "CREATE SEQUENCE IF NOT EXISTS bench_otn"
+  cat > "$WORK/orders.sql" <<EOF
+SELECT (gw_order_create(jsonb_build_object('merchant_id', 'bm1', 'shop_id', 'bs1', 'out_trade_no', 'PGB' || nextval('bench_otn'), 'amount', 100, 'subject', 'bench order', 'method', 'wechat_qr', 'channel', 'swiftpass', 'sub_merchant_id', $SUB1, 'channel_mch_id', '755437100001', 'request_hash', 'bench', 'client_ip', '127.0.0.1', 'next_check_ms', 30000))->'order'->>'id') AS oid \gset
+SELECT gw_order_transition(:oid, '{CREATED}', 'PENDING', '{"next_check_ms": 60000, "pay_data": {"code_url": "weixin://wxpay/bizpayurl?pr=bench", "code_img_url": "https://stub.invalid/qr/1"}}', 'channel');
+EOF
+  for c in 4 16; do
+    out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U paygate -n -M prepared -f "$WORK/orders.sql" \
+          -c "$c" -j 2 -T 8 paygate 2>&1)
+    tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | tail -1)
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    [ -n "$tps" ] || echo "$out" | tail -5 >&2
+    echo "{\"phase\":\"pgbench_orders\",\"clients\":$c,\"tps\":${tps:-0},\"latency_ms\":${lat:-0},\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >> "$RESULTS"
+    say "  pgbench -c $c, c-to-b statements: $tps orders/s (mean latency $lat ms)"
+  done
+fi
+
+WATCH="paygated=$PAYGATED_PID,postgres=+$PG_PID,redis=$REDIS_PID,$SW_SIDE=$SW_PID,mock-sim=$MOCK_PID"
+create() { # shop method tag [extra gwload args…]
+  local shop=$1 method=$2 tag=$3; shift 3
+  local expect='"status":"PENDING"'
+  [ "$method" = barcode ] && expect='"status":"SUCCESS"'
+  "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop "$shop" --method "$method" \
+    --conns "$CONNS" --duration "$DUR" --warmup "$WARM" --expect "$expect" --watch "$WATCH" \
+    --rss-pid "$PAYGATED_PID" --tag "$tag" "$@"
+}
+
+# a short untimed warm-up: caches, prepared statements, connections
+"$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs1 --conns 16 \
+  --duration 2 --warmup 1 --expect '"status":"PENDING"' > /dev/null
+
+# ---------------------------------------------------------------- ctob
+if has_phase ctob; then
+  say "c-to-b create through Swiftpass: $CONNS connections, $DUR s"
+  if [ -n "${BENCH_CALLGRIND:-}" ]; then
+    callgrind_control -z "$PAYGATED_PID" >/dev/null
+    n0=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
+  fi
+  if [ -n "${BENCH_PROFILE:-}" ]; then
+    # per-function time inside PostgreSQL (plpgsql), and two perf profiles:
+    # every process of the bench (paygated, PostgreSQL, Redis, the channel
+    # side) without call graphs, then paygated with DWARF call graphs
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate \
+      -c "ALTER SYSTEM SET track_functions = 'pl'" -c "SELECT pg_reload_conf()" -c "SELECT pg_stat_reset()" >/dev/null
+    PDUR=$(( (DUR - WARM - 5) / 2 ))
+    ( sleep "$WARM"
+      ours="$PAYGATED_PID,$PG_PID,$REDIS_PID,$SW_PID,$(pgrep -d, -P "$PG_PID")"
+      perf record -F 499 -p "$ours" -o "$WORK/perf-sys.data" -- sleep "$PDUR" > /dev/null 2>&1
+      perf record -F 499 --call-graph dwarf,16384 -p "$PAYGATED_PID" -o "$WORK/perf-gw.data" -- sleep "$PDUR" \
+        > /dev/null 2>&1
+      # system calls of paygated (all threads) over 2 s, with the orders made meanwhile
+      o0=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
+      perf trace -s -p "$PAYGATED_PID" -o "$WORK/trace.txt" -- sleep 2 > /dev/null 2>&1
+      o1=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
+      { echo "# perf trace -s -p paygated for 2 s during c-to-b: $((o1 - o0)) orders created meanwhile"
+        cat "$WORK/trace.txt"; } > "$OUT/syscalls-ctob.txt" ) &
+    PERF_PID=$!
+  fi
+  s0=$(pg_snap); t0=$(date +%s.%N)
+  j=$(create bs1 wechat_qr ctob)
+  s1=$(pg_snap); t1=$(date +%s.%N)
+  phase_json ctob "$j" "$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")"
+  if [ -n "${BENCH_CALLGRIND:-}" ]; then
+    callgrind_control -d "$PAYGATED_PID" >/dev/null
+    sleep 1
+    n1=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
+    cg=$(ls -t "$WORK"/callgrind.out.* | head -1)
+    cp "$cg" "$OUT/callgrind-ctob.out"
+    { echo "# callgrind: paygated during c-to-b; $((n1 - n0)) orders (divide Ir by it for instructions per order)"
+      echo "# self"
+      callgrind_annotate --auto=no --threshold=100 "$cg" 2>/dev/null | grep -v '^--' | sed -n '18,80p'
+      echo; echo "# inclusive"
+      callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$cg" 2>/dev/null | grep -v '^--' | sed -n '18,120p' 
+    } > "$OUT/callgrind-ctob.txt" || true
+    say "callgrind: $OUT/callgrind-ctob.txt ($((n1 - n0)) orders)"
+  fi
+  if [ -n "${BENCH_PROFILE:-}" ]; then
+    wait "$PERF_PID" || true
+    set +e +o pipefail  # head closes perf's pipe early
+    { echo "# perf record -p <paygated, postgres, redis, channel side> during c-to-b: share of samples by process"
+      perf report -i "$WORK/perf-sys.data" --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -20
+      echo; echo "# ... by process, library, symbol"
+      perf report -i "$WORK/perf-sys.data" --sort comm,dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -70
+    } > "$OUT/perf-ctob-system.txt"
+    { echo "# perf record --call-graph dwarf -p paygated during c-to-b: self time by library, symbol"
+      perf report -i "$WORK/perf-gw.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+      echo; echo "# ... inclusive time (children) by symbol"
+      perf report -i "$WORK/perf-gw.data" --children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
+    } > "$OUT/perf-ctob-paygated.txt"
+    "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate -c "SELECT funcname, calls,
+        round(total_time::numeric / calls, 3) AS total_ms_per_call, round(self_time::numeric / calls, 3) AS self_ms_per_call,
+        round(self_time::numeric) AS self_ms FROM pg_stat_user_functions ORDER BY self_time DESC" > "$OUT/pg-functions-ctob.txt" 2>&1
+    set -e -o pipefail
+    say "profiles: $OUT/perf-ctob-system.txt, $OUT/perf-ctob-paygated.txt, $OUT/pg-functions-ctob.txt, $OUT/syscalls-ctob.txt"
+  fi
+fi
+
+# ---------------------------------------------------------------- btoc
+if has_phase btoc; then
+  say "b-to-c create, immediate success: $CONNS connections, $DUR s"
+  s0=$(pg_snap); t0=$(date +%s.%N)
+  j=$(create bs1 barcode btoc)
+  s1=$(pg_snap); t1=$(date +%s.%N)
+  phase_json btoc "$j" "$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")"
+fi
+
+# ---------------------------------------------------------------- notify
+if has_phase notify; then
+  say "notification ingestion: seeding $NOTIFY_ORDERS PENDING orders"
+  "${PSQL[@]}" -c "SELECT count(gw_order_create(jsonb_build_object('merchant_id','bm1','shop_id','bs1',
+      'out_trade_no','N' || to_char(clock_timestamp(),'HH24MISS') || '-' || i,'amount',100,'subject','bench notify',
+      'method','wechat_qr','channel','swiftpass','sub_merchant_id',$SUB1,'channel_mch_id','755437100001',
+      'request_hash','bench','next_check_ms',86400000)))
+      FROM generate_series(1, $NOTIFY_ORDERS) i" >/dev/null
+  "${PSQL[@]}" -c "UPDATE orders SET status = 'PENDING' WHERE status = 'CREATED' AND subject = 'bench notify'" >/dev/null
+  "${PSQL[@]}" -tAc "SELECT trade_no || ' ' || channel_mch_id || ' ' || amount FROM orders
+      WHERE status = 'PENDING' AND subject = 'bench notify' ORDER BY id" > "$WORK/notify-orders.txt"
+  "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate -c "CHECKPOINT" >/dev/null 2>&1 || true
+  inbox_before=$("${PSQL[@]}" -tAc "SELECT COALESCE(max(id), 0) FROM notify_inbox")
+  say "notification ingestion: $CONNS connections, $DUR s"
+  s0=$(pg_snap); t0=$(date +%s.%N)
+  j=$("$GWLOAD" notify --port "$GW_PORT" --orders "$WORK/notify-orders.txt" --key bench-md5-key-755437100001 \
+      --conns "$CONNS" --duration "$DUR" --warmup "$WARM" --expect success --watch "$WATCH" \
+      --rss-pid "$PAYGATED_PID" --tag notify)
+  s1=$(pg_snap); t1=$(date +%s.%N)
+  outcomes=$("${PSQL[@]}" -tAc "SELECT COALESCE(jsonb_object_agg(outcome, n), '{}') FROM
+      (SELECT outcome, count(*) n FROM notify_inbox WHERE id > $inbox_before GROUP BY 1) x")
+  phase_json notify "$j" "\"inbox_outcomes\":$outcomes,$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")"
+fi
+
+# ---------------------------------------------------------------- slow
+if has_phase slow; then
+  # the reference is taken right before, not the ctob phase minutes earlier:
+  # on a shared box the neighbours' load changes faster than that
+  say "c-to-b reference run for the slow-channel comparison"
+  j=$(create bs1 wechat_qr slow-ref)
+  phase_json slow_ref "$j"
+  say "c-to-b while the mock channel answers after 3 s with $SLOW_CONNS orders in flight on it"
+  curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":3000}' >/dev/null
+  "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs2 --method wechat_qr \
+    --conns "$SLOW_CONNS" --duration $((DUR + 8)) --warmup 4 --expect '"status":"PENDING"' --tag slow-channel \
+    --max-connecting 50 --backoff-ms 1000 > "$WORK/slow.json" &
+  SLOW_GEN=$!
+  sleep 4
+  j=$(create bs1 wechat_qr slow-fast)
+  phase_json slow_fast "$j"
+  wait "$SLOW_GEN" || true
+  phase_json slow_channel "$(cat "$WORK/slow.json")"
+  curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":0}' >/dev/null
+fi
+
+# ---------------------------------------------------------------- idle
+if has_phase idle; then
+  sleep 1
+  rss0=$(awk '/VmRSS/{print $2}' /proc/$PAYGATED_PID/status)
+  say "idle keep-alive connections: $IDLE_CONNS (paygated RSS before: $rss0 kB)"
+  rm -f "$WORK/idle.ready"
+  j=$("$GWLOAD" idle --port "$GW_PORT" --conns "$IDLE_CONNS" --path /healthz --duration 60 --hold 10 \
+      --ready-file "$WORK/idle.ready" --watch "paygated=$PAYGATED_PID" --rss-pid "$PAYGATED_PID")
+  phase_json idle "$j" "\"rss_before_kb\":$rss0"
+fi
+
+# ---------------------------------------------------------------- report
+errs=$(grep -cE 'Z (error|crit|alert|emerg) pid=' "$WORK/paygated.log" 2>/dev/null || true)
+say "paygated log: $(wc -l < "$WORK/paygated.log") lines, ${errs:-0} at error or worse"
+grep -m 5 -E 'Z (error|crit|alert|emerg) pid=' "$WORK/paygated.log" >&2 || true
+node test/bench/report.js "$RESULTS" | tee "$OUT/results.md"
