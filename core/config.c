@@ -147,7 +147,7 @@ static void gw__cfg_defaults(gw_config_t *c)
     c->http.body_timeout_ms = 30000;
     c->http.idle_timeout_ms = 60000;
     c->http.shutdown_timeout_ms = 10000;
-    c->pg.pool_size = 4;
+    c->pg.pool_size = 16; /* more connections, more commits per WAL flush (docs/performance.md) */
     c->pg.max_pipeline = 64;
     c->pg.query_timeout_ms = 10000;
     c->redis.port = 6379;

@@ -156,7 +156,10 @@ static int run(gw_app_t *app)
     app->tasks = gw_tasks_new(app);
     gw_pg_start(app->pg);
 
-    gw_client_opts_t co = { 0 };
+    /* at least the per-channel in-flight cap, or calls queue inside libcurl
+     * where no deadline of ours sees them (docs/performance.md) */
+    gw_client_opts_t co = { .max_host_connections = cfg->channels.max_inflight,
+                            .max_total_connections = cfg->channels.max_inflight * 8 };
     app->client = gw_client_new(app->loop, &co);
     app->channels = gw_chan_registry_new(app->loop, cfg->channels.dir, cfg->channels.settings,
                                          cfg->channels.drain_timeout_ms);

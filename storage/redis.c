@@ -166,12 +166,14 @@ static void gw__redis_poll(uv_poll_t *handle, int status, int events)
     /* on an error libuv has stopped the handle: let hiredis read/write to
      * find the error (it then frees the context, or the hooks restart) */
     int ev = status < 0 ? p->events : events;
+    if (status < 0) p->events = 0; /* stopped: the next hook call must start it again */
     if (p->context != NULL && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
     if (p->context != NULL && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
 }
 
 static void gw__redis_set_events(redisLibuvEvents *p, int events)
 {
+    if (events == p->events) return; /* no epoll_ctl for a change that is none */
     p->events = events;
     if (events) uv_poll_start(&p->handle, events, gw__redis_poll);
     else uv_poll_stop(&p->handle);
