@@ -155,6 +155,16 @@ test('--check-config: config/dev.json is valid', async () => {
   assert.equal(r.code, 0, r.stderr);
 });
 
+test('--check-config: config/paygated.example.json (every key documented) is valid', async () => {
+  const file = path.join(h.ROOT, 'config', 'paygated.example.json');
+  const r = await h.runPaygated(['--check-config', file]);
+  assert.equal(r.code, 0, r.stderr);
+  // and it names every top-level section the daemon knows
+  const cfg = JSON.parse(fs.readFileSync(file, 'utf8'));
+  for (const k of ['listen', 'admin', 'http', 'postgres', 'redis', 'channels', 'api', 'tasks', 'settlement'])
+    assert.ok(k in cfg, `example has ${k}`);
+});
+
 test('--check-config: bad files exit 2 naming the field', async (t) => {
   const base = h.baseConfig({ port: 18080, adminPort: 18081 });
   const cases = [
