@@ -325,12 +325,15 @@ static void get_order(gw_app_t *app, gw_http_req_t *req, gw_str_t trade_no)
 static void get_notifications(gw_app_t *app, gw_http_req_t *req)
 {
     static const char *const states[] = { "PENDING", "DELIVERED", "FAILED" };
-    const char *st = "FAILED";
-    for (size_t i = 0; i < GW_ARRAY_SIZE(states); i++) {
-        char want[32];
-        snprintf(want, sizeof(want), "status=%s", states[i]);
-        if (req->query.len >= strlen(want) && memmem(req->query.ptr, req->query.len, want, strlen(want)))
-            st = states[i];
+    const char *st = NULL;
+    char given[16] = "FAILED";
+    if (req->query.len && !gw_http_query_param(req, "status", given, sizeof(given)))
+        snprintf(given, sizeof(given), "FAILED");
+    for (size_t i = 0; i < GW_ARRAY_SIZE(states); i++)
+        if (strcmp(given, states[i]) == 0) st = states[i];
+    if (st == NULL) {
+        gw_http_respond_error(req, 400, "invalid_request", "status must be PENDING, DELIVERED or FAILED");
+        return;
     }
     const char *v[] = { st };
     adm_exec(app, req, "notifications",

@@ -1202,25 +1202,6 @@ static void get_order_cb(void *udata, gw_err_t err, cJSON *j)
     reply_order(a, 200);
 }
 
-static int query_param(const gw_http_req_t *r, const char *name, char *out, size_t outlen)
-{
-    size_t n = strlen(name);
-    const char *p = r->query.ptr, *end = r->query.ptr + r->query.len;
-    while (p && p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *e = amp ? amp : end;
-        if ((size_t)(e - p) > n && memcmp(p, name, n) == 0 && p[n] == '=') {
-            gw_buf_t b;
-            gw_buf_init(&b, outlen - 1);
-            int ok = gw_url_decode(p + n + 1, (size_t)(e - p - (ptrdiff_t)n - 1), 1, &b) == GW_OK;
-            if (ok) snprintf(out, outlen, "%s", b.data ? b.data : "");
-            gw_buf_free(&b);
-            return ok;
-        }
-        p = amp ? amp + 1 : NULL;
-    }
-    return 0;
-}
 
 /* Loads a row by the id in the path, or by ?param= (the merchant's own
  * number); both scoped to the authenticated merchant. */
@@ -1233,7 +1214,7 @@ static void lookup_row(api_req_t *a, const char *by_id, const char *by_param, co
         rc = gw_pg_json(a->app, by_id, 2, v, cb, a);
     } else {
         char val[72];
-        if (!query_param(a->req, param, val, sizeof(val)) || !val[0]) {
+        if (!gw_http_query_param(a->req, param, val, sizeof(val)) || !val[0]) {
             api_error(a, 400, "invalid_request", "give the id in the path or ?%s=", param);
             return;
         }
@@ -1617,8 +1598,8 @@ static void balance_authed(api_req_t *a)
     if (a->sync_query) { /* entries */
         char before[40] = "9223372036854775807", limit[40] = "50";
         char tmp[32];
-        if (query_param(a->req, "before", tmp, sizeof(tmp)) && tmp[0]) snprintf(before, sizeof(before), "%s", tmp);
-        if (query_param(a->req, "limit", tmp, sizeof(tmp)) && tmp[0]) snprintf(limit, sizeof(limit), "%s", tmp);
+        if (gw_http_query_param(a->req, "before", tmp, sizeof(tmp)) && tmp[0]) snprintf(before, sizeof(before), "%s", tmp);
+        if (gw_http_query_param(a->req, "limit", tmp, sizeof(tmp)) && tmp[0]) snprintf(limit, sizeof(limit), "%s", tmp);
         char *end;
         long long bv = strtoll(before, &end, 10);
         long lv = strtol(limit, NULL, 10);

@@ -15,6 +15,7 @@
  * is with the handler at that moment, when that request is answered.
  */
 #include "http.h"
+#include "crypto.h"
 
 #include <llhttp.h>
 #include <stdio.h>
@@ -406,6 +407,26 @@ void gw_http_respond_error(gw_http_req_t *req, int status, const char *code, con
     error_body(&body, code, message);
     gw_http_respond(req, status, "application/json", body.data, body.len);
     gw_buf_free(&body);
+}
+
+int gw_http_query_param(const gw_http_req_t *r, const char *name, char *out, size_t outlen)
+{
+    size_t n = strlen(name);
+    const char *p = r->query.ptr, *end = r->query.ptr + r->query.len;
+    while (p && p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        if ((size_t)(e - p) > n && memcmp(p, name, n) == 0 && p[n] == '=') {
+            gw_buf_t b;
+            gw_buf_init(&b, outlen - 1);
+            int ok = gw_url_decode(p + n + 1, (size_t)(e - p - (ptrdiff_t)n - 1), 1, &b) == GW_OK;
+            if (ok) snprintf(out, outlen, "%s", b.data ? b.data : "");
+            gw_buf_free(&b);
+            return ok;
+        }
+        p = amp ? amp + 1 : NULL;
+    }
+    return 0;
 }
 
 gw_str_t gw_http_header(const gw_http_req_t *req, const char *name)

@@ -70,6 +70,9 @@ gw_err_t gw_http_listen(gw_http_server_t *srv, const char *host, int port);
 int gw_http_port(const gw_http_server_t *srv);
 int gw_http_open_connections(const gw_http_server_t *srv);
 
+/* ?name=value of the request, percent-decoded ('+' is a space) into out
+ * (NUL-terminated); 0 when absent, malformed or longer than outlen - 1. */
+int gw_http_query_param(const gw_http_req_t *req, const char *name, char *out, size_t outlen);
 /* Header lookup, case-insensitive; {NULL,0} when absent. */
 gw_str_t gw_http_header(const gw_http_req_t *req, const char *name);
 /* Adds a response header (before gw_http_respond). */

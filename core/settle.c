@@ -68,26 +68,6 @@ int gw_settle_date(const char *in, char out[11])
     return 1;
 }
 
-/* ?name=value (percent-decoded) into out; 0 when absent or too long. */
-static int qparam(const gw_http_req_t *r, const char *name, char *out, size_t outlen)
-{
-    size_t n = strlen(name);
-    const char *p = r->query.ptr, *end = r->query.ptr + r->query.len;
-    while (p && p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *e = amp ? amp : end;
-        if ((size_t)(e - p) > n && memcmp(p, name, n) == 0 && p[n] == '=') {
-            gw_buf_t b;
-            gw_buf_init(&b, outlen - 1);
-            int ok = gw_url_decode(p + n + 1, (size_t)(e - p - (ptrdiff_t)n - 1), 1, &b) == GW_OK;
-            if (ok) snprintf(out, outlen, "%s", b.data ? b.data : "");
-            gw_buf_free(&b);
-            return ok;
-        }
-        p = amp ? amp + 1 : NULL;
-    }
-    return 0;
-}
 
 static void respond_db_error(gw_http_req_t *req, gw_err_t err)
 {
@@ -177,13 +157,13 @@ void gw_settle_statement(gw_app_t *app, gw_http_req_t *req, const char *merchant
     }
     s->req = req;
     snprintf(s->shop, sizeof(s->shop), "%s", shop_id);
-    if (!qparam(req, "date", date, sizeof(date)) || !gw_settle_date(date, s->date)) {
+    if (!gw_http_query_param(req, "date", date, sizeof(date)) || !gw_settle_date(date, s->date)) {
         free(s);
         gw_http_respond_error(req, 400, "invalid_request", "date=YYYY-MM-DD is required");
         return;
     }
     if (req->query.len && memmem(req->query.ptr, req->query.len, "format=", 7) &&
-        (!qparam(req, "format", fmt, sizeof(fmt)) || (strcmp(fmt, "csv") && strcmp(fmt, "json")))) {
+        (!gw_http_query_param(req, "format", fmt, sizeof(fmt)) || (strcmp(fmt, "csv") && strcmp(fmt, "json")))) {
         free(s);
         gw_http_respond_error(req, 400, "invalid_request", "format is json or csv");
         return;
@@ -238,12 +218,12 @@ void gw_settle_admin_redrive(gw_app_t *app, gw_http_req_t *req)
 void gw_settle_admin_reconcile(gw_app_t *app, gw_http_req_t *req)
 {
     char channel[40], date_in[40], date[11], mch[72];
-    if (!qparam(req, "channel", channel, sizeof(channel)) || !channel[0] ||
-        !qparam(req, "date", date_in, sizeof(date_in)) || !gw_settle_date(date_in, date)) {
+    if (!gw_http_query_param(req, "channel", channel, sizeof(channel)) || !channel[0] ||
+        !gw_http_query_param(req, "date", date_in, sizeof(date_in)) || !gw_settle_date(date_in, date)) {
         gw_http_respond_error(req, 400, "invalid_request", "?channel=…&date=YYYY-MM-DD are required");
         return;
     }
-    int have_mch = qparam(req, "mch_id", mch, sizeof(mch)) && mch[0];
+    int have_mch = gw_http_query_param(req, "mch_id", mch, sizeof(mch)) && mch[0];
     cJSON *rows = NULL;
     char err[256];
     gw_err_t rc = gw_bill_parse(channel, req->body.data ? req->body.data : "", req->body.len, &rows,
