@@ -478,13 +478,191 @@ bad:
     return GW_EPARSE;
 }
 
+/* The count of a summary line ("`12"); 0 when malformed. */
+static int span_count(span_t s, int64_t *out)
+{
+    char *cs = span_dup(s);
+    char *endp = NULL;
+    errno = 0;
+    long long v = cs && cs[0] ? strtoll(cs, &endp, 10) : -1;
+    int ok = cs && endp && *endp == '\0' && errno == 0 && v >= 0;
+    free(cs);
+    if (ok) *out = v;
+    return ok;
+}
+
+/*
+ * WeChat Pay (微信支付) trade bill, as GET /v3/bill/tradebill (bill_type=ALL)
+ * lets one download it (and test/sim/wechatpay.js GET /_sim/bill produces
+ * it): UTF-8 text,
+ *   line 1   column titles (交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,
+ *            商户订单号,…,应结订单金额,…,商户退款单号,退款金额,…,退款状态,…,订单金额,
+ *            申请退款金额,费率备注);
+ *   then     one line per payment (交易状态 SUCCESS, or REVOKED) or refund
+ *            (交易状态 REFUND), every value prefixed with "`";
+ *   then     the summary titles (总交易单数,应结订单总金额,退款总金额,充值券退款总金额,
+ *            手续费总金额,订单总金额,申请退款总金额) and one line of values.
+ * Columns are found by title.  A payment is matched by 订单金额 (the order's
+ * total, as we booked it), a refund by 申请退款金额 (the amount we asked for);
+ * only SUCCESS payments and refunds whose 退款状态 is SUCCESS are matched.  The
+ * summary's count and its 应结订单总金额, 退款总金额, 订单总金额 and 申请退款总金额
+ * must equal the sums over the lines, or the file is refused.
+ */
+static gw_err_t bill_wechatpay(const char *text, size_t len, cJSON **rows_out, char *err, size_t errlen)
+{
+    enum { C_TIME, C_MCH, C_TXN, C_OUT_TRADE, C_STATE, C_SETTLE, C_OUT_REFUND, C_REFUND, C_REFUND_STATE,
+           C_TOTAL, C_ASK, C_N };
+    static const char *const titles[C_N] = { "交易时间", "商户号", "微信订单号", "商户订单号", "交易状态",
+                                             "应结订单金额", "商户退款单号", "退款金额", "退款状态",
+                                             "订单金额", "申请退款金额" };
+    /* the summary: the count, then the sums of the money columns above */
+    enum { S_COUNT, S_SETTLE, S_REFUND, S_TOTAL, S_ASK, S_N };
+    static const char *const sum_titles[S_N] = { "总交易单数", "应结订单总金额", "退款总金额", "订单总金额",
+                                                 "申请退款总金额" };
+    static const int sum_of[S_N] = { -1, C_SETTLE, C_REFUND, C_TOTAL, C_ASK };
+    int col[C_N], scol[S_N];
+    for (int i = 0; i < C_N; i++) col[i] = -1;
+    for (int i = 0; i < S_N; i++) scol[i] = -1;
+    int64_t sums[S_N] = { 0 };
+    int ncols = 0;
+    span_t f[BILL_MAX_COLS];
+    cJSON *rows = cJSON_CreateArray();
+    int state = 0; /* 0 header, 1 lines, 2 summary titles seen, 3 summary values seen */
+    int lineno = 0;
+    if (rows == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return GW_ENOMEM;
+    }
+    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) text += 3, len -= 3;
+    const char *p = text, *end = text + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        size_t ll = (size_t)(le - p);
+        if (ll && p[ll - 1] == '\r') ll--;
+        lineno++;
+        const char *line = p;
+        p = nl ? nl + 1 : end;
+        if (ll == 0) continue;
+        int n = split_fields(line, ll, f, BILL_MAX_COLS);
+        if (n < 0) {
+            snprintf(err, errlen, "line %d: more than %d columns", lineno, BILL_MAX_COLS);
+            goto bad;
+        }
+        if (state == 0) {
+            ncols = n;
+            for (int i = 0; i < n; i++)
+                for (int c = 0; c < C_N; c++)
+                    if (col[c] < 0 && span_eq(f[i], titles[c])) col[c] = i;
+            for (int c = 0; c < C_N; c++)
+                if (col[c] < 0) {
+                    snprintf(err, errlen, "line %d: no column \"%s\" (not a WeChat Pay trade bill?)", lineno,
+                             titles[c]);
+                    goto bad;
+                }
+            state = 1;
+            continue;
+        }
+        if (line[0] != '`') { /* the summary titles */
+            if (state != 1) {
+                snprintf(err, errlen, "line %d: unexpected text after the summary", lineno);
+                goto bad;
+            }
+            for (int i = 0; i < n; i++)
+                for (int s = 0; s < S_N; s++)
+                    if (scol[s] < 0 && span_eq(f[i], sum_titles[s])) scol[s] = i;
+            for (int s = 0; s < S_N; s++)
+                if (scol[s] < 0) {
+                    snprintf(err, errlen, "line %d: the summary has no \"%s\"", lineno, sum_titles[s]);
+                    goto bad;
+                }
+            state = 2;
+            continue;
+        }
+        if (state == 2) { /* the summary values */
+            int64_t v[S_N];
+            int ok = n > scol[S_COUNT] && span_count(f[scol[S_COUNT]], &v[S_COUNT]);
+            for (int s = 1; ok && s < S_N; s++)
+                ok = n > scol[s] && yuan_to_fen(f[scol[s]].p, f[scol[s]].n, &v[s]);
+            if (!ok) {
+                snprintf(err, errlen, "line %d: malformed summary values", lineno);
+                goto bad;
+            }
+            for (int s = 0; s < S_N; s++)
+                if (v[s] != sums[s]) {
+                    snprintf(err, errlen,
+                             "the summary's %s (%lld%s) does not match the lines (%lld): truncated or "
+                             "altered file",
+                             sum_titles[s], (long long)v[s], s ? " fen" : "", (long long)sums[s]);
+                    goto bad;
+                }
+            state = 3;
+            continue;
+        }
+        if (state == 3) {
+            snprintf(err, errlen, "line %d: unexpected text after the summary", lineno);
+            goto bad;
+        }
+        if (n != ncols) {
+            snprintf(err, errlen, "line %d: %d columns, the title line has %d", lineno, n, ncols);
+            goto bad;
+        }
+        sums[S_COUNT]++;
+        int64_t money[S_N] = { 0 };
+        for (int s = 1; s < S_N; s++) {
+            span_t a = f[col[sum_of[s]]];
+            if (!yuan_to_fen(a.p, a.n, &money[s])) {
+                snprintf(err, errlen, "line %d: malformed %s \"%.*s\"", lineno, titles[sum_of[s]],
+                         (int)(a.n > 32 ? 32 : a.n), a.p);
+                goto bad;
+            }
+            sums[s] += money[s];
+        }
+        int refund = span_eq(f[col[C_STATE]], "REFUND");
+        /* matched: paid trades and successful refunds; others (a revoked
+         * trade) count in the summary check only */
+        if (!(refund ? span_eq(f[col[C_REFUND_STATE]], "SUCCESS") : span_eq(f[col[C_STATE]], "SUCCESS")))
+            continue;
+        cJSON *r = cJSON_CreateObject();
+        if (r == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto bad;
+        }
+        cJSON_AddStringToObject(r, "kind", refund ? "refund" : "pay");
+        add_span(r, "trade_no", f[col[C_OUT_TRADE]]);
+        if (refund) add_span(r, "refund_no", f[col[C_OUT_REFUND]]);
+        cJSON_AddNumberToObject(r, "amount", (double)(refund ? money[S_ASK] : money[S_TOTAL]));
+        cJSON_AddStringToObject(r, "status", "SUCCESS");
+        add_span(r, "mch_id", f[col[C_MCH]]);
+        add_span(r, "channel_trade_no", f[col[C_TXN]]);
+        add_span(r, "time", f[col[C_TIME]]);
+        cJSON_AddItemToArray(rows, r);
+        if (!cJSON_GetObjectItemCaseSensitive(r, "trade_no") ||
+            (refund && !cJSON_GetObjectItemCaseSensitive(r, "refund_no"))) {
+            snprintf(err, errlen, "line %d: no 商户订单号%s", lineno, refund ? " / 商户退款单号" : "");
+            goto bad;
+        }
+    }
+    if (state != 3) {
+        snprintf(err, errlen, state == 0 ? "empty bill" : "no summary at the end: truncated file");
+        goto bad;
+    }
+    *rows_out = rows;
+    return GW_OK;
+bad:
+    cJSON_Delete(rows);
+    return GW_EPARSE;
+}
+
 gw_err_t gw_bill_parse(const char *channel, const char *text, size_t len, cJSON **rows, char *err,
                        size_t errlen)
 {
     *rows = NULL;
     err[0] = '\0';
     if (strcmp(channel, "swiftpass") == 0) return bill_swiftpass(text, len, rows, err, errlen);
-    snprintf(err, errlen, "the bill format of channel \"%s\" is not supported yet (swiftpass is)", channel);
+    if (strcmp(channel, "wechatpay") == 0) return bill_wechatpay(text, len, rows, err, errlen);
+    snprintf(err, errlen, "the bill format of channel \"%s\" is not supported yet (swiftpass and wechatpay are)",
+             channel);
     return GW_ENOTSUP;
 }
 

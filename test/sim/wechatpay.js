@@ -1101,6 +1101,67 @@ function settleRefunds(p) {
   return targets.map(({ order, refund }) => ({ mch_id: order.mch_id, out_trade_no: order.out_trade_no,
     out_refund_no: refund.out_refund_no, refund_id: refund.refund_id, status: refund.status }));
 }
+// ---------------------------------------------------------------------------------------------
+// trade bill (GET /v3/bill/tradebill, bill_type=ALL, as the downloaded file; served as GET /_sim/bill)
+//
+// WeChat Pay's trade bill ("交易账单", docs: 下载账单 › 交易账单文件格式说明): UTF-8 text, CRLF; a title
+// line; one line per payment (交易状态 SUCCESS, or REVOKED for a codepay reversed after payment) and
+// one per refund (交易状态 REFUND; its 应结订单金额 and 订单金额 are 0.00, the refund is in 退款金额 /
+// 申请退款金额), every value prefixed with "`" so spreadsheets keep long numbers as text; then the
+// summary titles and one "`"-prefixed line of values.  Columns of the ALL type (27).  Amounts are
+// yuan with two decimals (手续费 too: the simulator's rate, fee_ppm, default 6000 = 0.60 %, rounded
+// half up; a refund line carries the fee returned, negative).  A payment is on the bill of the
+// GMT+8 day it was paid, a refund on the day it succeeded (the simulator's choice: WeChat lists a
+// refund on the day it was accepted, with its status of that moment).  Summary: 总交易单数 = all
+// lines; 应结订单总金额, 退款总金额, 充值券退款总金额, 手续费总金额, 订单总金额, 申请退款总金额 = the sums of
+// 应结订单金额, 退款金额, 充值券退款金额, 手续费, 订单金额, 申请退款金额 over all lines.
+
+const WX_BILL_COLUMNS = ['交易时间', '公众账号ID', '商户号', '特约商户号', '设备号', '微信订单号', '商户订单号', '用户标识',
+  '交易类型', '交易状态', '付款银行', '货币种类', '应结订单金额', '代金券金额', '微信退款单号', '商户退款单号', '退款金额',
+  '充值券退款金额', '退款类型', '退款状态', '商品名称', '商户数据包', '手续费', '费率', '订单金额', '申请退款金额', '费率备注'];
+const WX_BILL_SUMMARY = ['总交易单数', '应结订单总金额', '退款总金额', '充值券退款总金额', '手续费总金额', '订单总金额', '申请退款总金额'];
+
+/** fen → "12.34" / "-0.05", exactly (no floating point) */
+function billYuan(fen) {
+  const a = Math.abs(fen);
+  return `${fen < 0 ? '-' : ''}${Math.floor(a / 100)}.${String(a % 100).padStart(2, '0')}`;
+}
+function billTime8(ms) { return rfc3339(ms).slice(0, 19).replace('T', ' '); }
+function tradeBill(mchId, day, feePpm) {
+  const clean = (v) => String(v == null ? '' : v).replace(/[`,\r\n]/g, ' ');
+  const feeOf = (fen) => Math.floor((fen * feePpm + 500000) / 1000000);
+  const rate = `${(feePpm / 10000).toFixed(2)}%`;
+  const rows = [];
+  for (const o of orders.values()) {
+    if (o.mch_id !== mchId) continue;
+    refresh(o);
+    const base = (at, state) => [billTime8(at), o.appid || '', o.mch_id, '0', '', o.transaction_id || '', o.out_trade_no,
+      o.openid || '', o.trade_type || '', state, 'OTHERS', 'CNY'];
+    if (o.paid_at && ymd8(o.paid_at) === day) {
+      const state = o.state === 'REVOKED' ? 'REVOKED' : 'SUCCESS';
+      const fee = state === 'SUCCESS' ? feeOf(o.total) : 0;
+      const r = { at: o.paid_at, settle: o.total, refund: 0, ask: 0, fee, total: o.total };
+      r.vals = [...base(o.paid_at, state), billYuan(o.total), '0.00', '', '', '0.00', '0.00', '', '', o.description || '',
+        o.attach || '', billYuan(fee), rate, billYuan(o.total), '0.00', ''];
+      rows.push(r);
+    }
+    for (const rf of o.refunds) {
+      if (rf.status !== 'SUCCESS' || !rf.success_at || ymd8(rf.success_at) !== day) continue;
+      const fee = -feeOf(rf.refund);
+      const r = { at: rf.success_at, settle: 0, refund: rf.refund, ask: rf.refund, fee, total: 0 };
+      r.vals = [...base(rf.success_at, 'REFUND'), '0.00', '0.00', rf.refund_id, rf.out_refund_no, billYuan(rf.refund), '0.00',
+        'ORIGINAL', 'SUCCESS', o.description || '', o.attach || '', billYuan(fee), rate, '0.00', billYuan(rf.refund), ''];
+      rows.push(r);
+    }
+  }
+  rows.sort((a, b) => a.at - b.at);
+  const sum = (k) => rows.reduce((t, r) => t + r[k], 0);
+  const line = (vals) => vals.map((v) => '`' + clean(v)).join(',');
+  return [WX_BILL_COLUMNS.join(','), ...rows.map((r) => line(r.vals)), WX_BILL_SUMMARY.join(','),
+    line([rows.length, billYuan(sum('settle')), billYuan(sum('refund')), '0.00', billYuan(sum('fee')), billYuan(sum('total')),
+      billYuan(sum('ask'))])].join('\r\n') + '\r\n';
+}
+
 function reset() {
   generation++;
   for (const t of notifyTimers) clearTimeout(t);
@@ -1204,6 +1265,17 @@ async function handleControl(req, res, url) {
         } else faults = [];
         return sendJson(res, 200, { ok: true, active: faults.map(faultView) });
       }
+    }
+    if (routeName === 'bill' && m === 'GET') {
+      // GET /_sim/bill?mchid=…&date=YYYY-MM-DD|YYYYMMDD[&fee_ppm=6000] → the trade bill (ALL) of that GMT+8 day
+      const day = String(q.date || q.bill_date || '').replace(/-/g, '');
+      if (!/^\d{8}$/.test(day)) throw new HttpError(400, 'date=YYYY-MM-DD is required');
+      const mch = String(q.mchid || q.mch_id || '');
+      if (!mch) throw new HttpError(400, 'mchid is required');
+      if (!merchants.has(mch)) throw new HttpError(404, 'merchant not found');
+      const feePpm = q.fee_ppm == null ? 6000 : Number(q.fee_ppm);
+      if (!Number.isInteger(feePpm) || feePpm < 0 || feePpm > 1000000) throw new HttpError(400, 'fee_ppm must be 0..1000000');
+      return send(res, 200, { 'Content-Type': 'text/plain; charset=UTF-8' }, tradeBill(mch, day, feePpm));
     }
     if (routeName === 'orders' && m === 'GET') {
       if (parts.length === 4) {
