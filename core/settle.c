@@ -341,6 +341,29 @@ static void add_span(cJSON *o, const char *key, span_t s)
  * 商户退款单号 / 退款金额 / 退款状态.  Amounts are yuan with two decimals.  The
  * summary must agree with the lines (a truncated file is refused).
  */
+/* The next line of [*p, end) without its line end (LF or CRLF); 0 at the end. */
+static int next_line(const char **p, const char *end, const char **line, size_t *len)
+{
+    if (*p >= end) return 0;
+    const char *nl = memchr(*p, '\n', (size_t)(end - *p));
+    const char *le = nl ? nl : end;
+    *line = *p;
+    *len = (size_t)(le - *p);
+    if (*len && (*p)[*len - 1] == '\r') (*len)--;
+    *p = nl ? nl + 1 : end;
+    return 1;
+}
+
+/* col[c] = index of the field titled titles[c] in the header fields f
+ * (first match), -1 when absent. */
+static void find_columns(const span_t *f, int n, const char *const *titles, int ntitles, int *col)
+{
+    for (int c = 0; c < ntitles; c++) col[c] = -1;
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < ntitles; c++)
+            if (col[c] < 0 && span_eq(f[i], titles[c])) col[c] = i;
+}
+
 static gw_err_t bill_swiftpass(const char *text, size_t len, cJSON **rows_out, char *err, size_t errlen)
 {
     enum { C_TIME, C_MCH, C_TXN, C_OUT_TRADE, C_STATE, C_TOTAL, C_OUT_REFUND, C_REFUND_FEE,
@@ -348,24 +371,20 @@ static gw_err_t bill_swiftpass(const char *text, size_t len, cJSON **rows_out, c
     static const char *const titles[C_N] = { "交易时间", "商户号", "平台订单号", "商户订单号", "交易状态",
                                              "总金额", "商户退款单号", "退款金额", "退款状态" };
     int col[C_N];
-    for (int i = 0; i < C_N; i++) col[i] = -1;
     int ncols = 0;
     span_t f[BILL_MAX_COLS];
     cJSON *rows = cJSON_CreateArray();
     int64_t sum_paid = 0, sum_refund = 0, nlines = 0;
     int state = 0; /* 0 header, 1 lines, 2 summary titles seen, 3 summary values seen */
-    int sum_col_count = -1, sum_col_paid = -1, sum_col_refund = -1;
+    static const char *const sum_titles[3] = { "总交易单数", "总交易额", "总退款金额" };
+    int scol[3] = { -1, -1, -1 };
     int lineno = 0;
     if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) text += 3, len -= 3;
     const char *p = text, *end = text + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        size_t ll = (size_t)(le - p);
-        if (ll && p[ll - 1] == '\r') ll--;
+    const char *line;
+    size_t ll;
+    while (next_line(&p, end, &line, &ll)) {
         lineno++;
-        const char *line = p;
-        p = nl ? nl + 1 : end;
         if (ll == 0) continue;
         int n = split_fields(line, ll, f, BILL_MAX_COLS);
         if (n < 0) {
@@ -374,9 +393,7 @@ static gw_err_t bill_swiftpass(const char *text, size_t len, cJSON **rows_out, c
         }
         if (state == 0) {
             ncols = n;
-            for (int i = 0; i < n; i++)
-                for (int c = 0; c < C_N; c++)
-                    if (col[c] < 0 && span_eq(f[i], titles[c])) col[c] = i;
+            find_columns(f, n, titles, C_N, col);
             for (int c = 0; c < C_N; c++)
                 if (col[c] < 0) {
                     snprintf(err, errlen, "line 1: no column \"%s\" (not a Swiftpass bill?)", titles[c]);
@@ -390,12 +407,8 @@ static gw_err_t bill_swiftpass(const char *text, size_t len, cJSON **rows_out, c
                 snprintf(err, errlen, "line %d: unexpected text after the summary", lineno);
                 goto bad;
             }
-            for (int i = 0; i < n; i++) {
-                if (span_eq(f[i], "总交易单数")) sum_col_count = i;
-                else if (span_eq(f[i], "总交易额")) sum_col_paid = i;
-                else if (span_eq(f[i], "总退款金额")) sum_col_refund = i;
-            }
-            if (sum_col_count < 0 || sum_col_paid < 0 || sum_col_refund < 0) {
+            find_columns(f, n, sum_titles, 3, scol);
+            if (scol[0] < 0 || scol[1] < 0 || scol[2] < 0) {
                 snprintf(err, errlen, "line %d: the summary needs 总交易单数, 总交易额 and 总退款金额", lineno);
                 goto bad;
             }
@@ -404,15 +417,15 @@ static gw_err_t bill_swiftpass(const char *text, size_t len, cJSON **rows_out, c
         }
         if (state == 2) { /* the summary values */
             int64_t cnt, paid, refunded;
-            char *cs = n > sum_col_count ? span_dup(f[sum_col_count]) : NULL;
+            char *cs = n > scol[0] ? span_dup(f[scol[0]]) : NULL;
             char *endp = NULL;
             errno = 0;
             cnt = cs && cs[0] ? strtoll(cs, &endp, 10) : -1;
             int cnt_ok = cs && endp && *endp == '\0' && errno == 0;
             free(cs);
-            if (!cnt_ok || n <= sum_col_paid || n <= sum_col_refund ||
-                !yuan_to_fen(f[sum_col_paid].p, f[sum_col_paid].n, &paid) ||
-                !yuan_to_fen(f[sum_col_refund].p, f[sum_col_refund].n, &refunded)) {
+            if (!cnt_ok || n <= scol[1] || n <= scol[2] ||
+                !yuan_to_fen(f[scol[1]].p, f[scol[1]].n, &paid) ||
+                !yuan_to_fen(f[scol[2]].p, f[scol[2]].n, &refunded)) {
                 snprintf(err, errlen, "line %d: malformed summary values", lineno);
                 goto bad;
             }
@@ -521,8 +534,6 @@ static gw_err_t bill_wechatpay(const char *text, size_t len, cJSON **rows_out, c
                                                  "申请退款总金额" };
     static const int sum_of[S_N] = { -1, C_SETTLE, C_REFUND, C_TOTAL, C_ASK };
     int col[C_N], scol[S_N];
-    for (int i = 0; i < C_N; i++) col[i] = -1;
-    for (int i = 0; i < S_N; i++) scol[i] = -1;
     int64_t sums[S_N] = { 0 };
     int ncols = 0;
     span_t f[BILL_MAX_COLS];
@@ -535,14 +546,10 @@ static gw_err_t bill_wechatpay(const char *text, size_t len, cJSON **rows_out, c
     }
     if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) text += 3, len -= 3;
     const char *p = text, *end = text + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        size_t ll = (size_t)(le - p);
-        if (ll && p[ll - 1] == '\r') ll--;
+    const char *line;
+    size_t ll;
+    while (next_line(&p, end, &line, &ll)) {
         lineno++;
-        const char *line = p;
-        p = nl ? nl + 1 : end;
         if (ll == 0) continue;
         int n = split_fields(line, ll, f, BILL_MAX_COLS);
         if (n < 0) {
@@ -551,9 +558,7 @@ static gw_err_t bill_wechatpay(const char *text, size_t len, cJSON **rows_out, c
         }
         if (state == 0) {
             ncols = n;
-            for (int i = 0; i < n; i++)
-                for (int c = 0; c < C_N; c++)
-                    if (col[c] < 0 && span_eq(f[i], titles[c])) col[c] = i;
+            find_columns(f, n, titles, C_N, col);
             for (int c = 0; c < C_N; c++)
                 if (col[c] < 0) {
                     snprintf(err, errlen, "line %d: no column \"%s\" (not a WeChat Pay trade bill?)", lineno,
@@ -568,9 +573,7 @@ static gw_err_t bill_wechatpay(const char *text, size_t len, cJSON **rows_out, c
                 snprintf(err, errlen, "line %d: unexpected text after the summary", lineno);
                 goto bad;
             }
-            for (int i = 0; i < n; i++)
-                for (int s = 0; s < S_N; s++)
-                    if (scol[s] < 0 && span_eq(f[i], sum_titles[s])) scol[s] = i;
+            find_columns(f, n, sum_titles, S_N, scol);
             for (int s = 0; s < S_N; s++)
                 if (scol[s] < 0) {
                     snprintf(err, errlen, "line %d: the summary has no \"%s\"", lineno, sum_titles[s]);
