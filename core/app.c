@@ -178,6 +178,10 @@ static void refresh_gauges(void *udata)
                   app->admin ? gw_http_open_connections(app->admin) : 0);
     gw_metric_set("paygate_postgres_connections_up", NULL, gw_pg_up(app->pg));
     gw_metric_set("paygate_postgres_pending_jobs", NULL, gw_pg_pending(app->pg));
+    uint64_t batches, batched;
+    gw_pg_batch_counts(app->pg, &batches, &batched);
+    gw_metric_set("paygate_postgres_batches_total", NULL, (double)batches);
+    gw_metric_set("paygate_postgres_batched_jobs_total", NULL, (double)batched);
     gw_metric_set("paygate_redis_up", NULL, gw_redis_up(app->redis));
 }
 
@@ -189,6 +193,9 @@ void gw_app_metrics_init(gw_app_t *app)
     gw_metric_declare("paygate_http_connections_open", "gauge", "Open HTTP connections");
     gw_metric_declare("paygate_postgres_connections_up", "gauge", "PostgreSQL connections up");
     gw_metric_declare("paygate_postgres_pending_jobs", "gauge", "PostgreSQL jobs queued or in flight");
+    gw_metric_declare("paygate_postgres_batches_total", "counter",
+                      "Batches sent (several queued jobs of one statement in one transaction)");
+    gw_metric_declare("paygate_postgres_batched_jobs_total", "counter", "Jobs carried by those batches");
     gw_metric_declare("paygate_redis_up", "gauge", "1 when the Redis connection is up");
     gw_metrics_on_render(refresh_gauges, app);
 }

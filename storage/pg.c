@@ -65,6 +65,10 @@ struct pg_job {
     int nparams;
     unsigned internal : 1; /* a PQsendPrepare at connection set-up */
     unsigned synced : 1;   /* the job's results ended (NULL seen) */
+    unsigned nobatch : 1;  /* run alone (a batch it was in failed) */
+    int stmt_idx;         /* index in pg->stmts, -1 for SQL text */
+    pg_job_t **members;   /* a batch: the jobs it carries */
+    int nmembers;
     int send_failures;
     uint64_t sent_at;     /* uv_now() when sent */
     PGresult *res;        /* result kept for the callback */
@@ -103,6 +107,9 @@ struct pg_conn {
 typedef struct pg_stmt {
     char *name;
     char *sql;
+    int batch;          /* index of the batch form, -1: never batched */
+    unsigned raw_mask;  /* parameters that are JSON text, embedded as is */
+    int max_batch;
 } pg_stmt_t;
 
 struct gw_pg {
@@ -119,6 +126,8 @@ struct gw_pg {
     pg_list_t queue;     /* not yet sent */
     pg_list_t done;      /* finished, callback not yet run */
     int ninflight_user;
+    int nheld;           /* jobs carried by batches in flight */
+    uint64_t nbatches, nbatched; /* batches sent, jobs they carried */
 
     uv_prepare_t dispatcher;
     int nhandles;        /* open libuv handles (closing ones included) */
@@ -201,6 +210,7 @@ static void job_finish(gw_pg_t *pg, pg_job_t *j, gw_err_t err)
 static void job_free(pg_job_t *j)
 {
     if (j->res) PQclear(j->res);
+    free(j->members);
     free(j);
 }
 
@@ -708,6 +718,180 @@ static int conn_send(pg_conn_t *c, pg_job_t *j)
     return 0;
 }
 
+/* ---------------------------------------------------------------- batches */
+
+static void on_prepare(uv_prepare_t *h);
+static pg_job_t *job_new(const char *stmt, const char *sql, int nparams, const char *const *values);
+
+typedef struct pg_sbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} pg_sbuf_t;
+
+static void sb_put(pg_sbuf_t *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (q == NULL) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+/* s as a JSON string (NULL: null). */
+static void sb_json_str(pg_sbuf_t *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (s == NULL) {
+        sb_put(b, "null", 4);
+        return;
+    }
+    sb_put(b, "\"", 1);
+    const char *run = s;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        sb_put(b, run, (size_t)(s - run));
+        char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+        if (c == '"' || c == '\\') sb_put(b, (char[]){ '\\', (char)c }, 2);
+        else sb_put(b, esc, 6);
+        run = s + 1;
+    }
+    sb_put(b, run, (size_t)(s - run));
+    sb_put(b, "\"", 1);
+}
+
+/* The batch's one parameter: [[job 0's parameters], [job 1's], ...]. */
+static char *batch_param(const pg_stmt_t *st, pg_job_t *const *m, int n)
+{
+    pg_sbuf_t b = { 0 };
+    sb_put(&b, "[", 1);
+    for (int k = 0; k < n; k++) {
+        sb_put(&b, k ? ",[" : "[", k ? 2 : 1);
+        for (int i = 0; i < m[k]->nparams; i++) {
+            const char *v = m[k]->values[i];
+            if (i) sb_put(&b, ",", 1);
+            if (v && i < 32 && (st->raw_mask >> i & 1u)) sb_put(&b, v, strlen(v));
+            else sb_json_str(&b, v);
+        }
+        sb_put(&b, "]", 1);
+    }
+    sb_put(&b, "]", 1);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* first was just taken from the queue: takes the queued jobs of the same
+ * statement with it into one batch job, or returns first itself (nothing to
+ * batch it with, or no memory). */
+static pg_job_t *batch_gather(gw_pg_t *pg, pg_job_t *first)
+{
+    const pg_stmt_t *st = &pg->stmts[first->stmt_idx];
+    pg_job_t **m = malloc((size_t)st->max_batch * sizeof(*m));
+    if (m == NULL) return first;
+    int n = 1;
+    m[0] = first;
+    pg_job_t *prev = NULL, *q = pg->queue.head;
+    while (q && n < st->max_batch) {
+        pg_job_t *next = q->next;
+        if (q->stmt_idx == first->stmt_idx && !q->nobatch) {
+            if (prev) prev->next = next;
+            else pg->queue.head = next;
+            if (pg->queue.tail == q) pg->queue.tail = prev;
+            pg->queue.n--;
+            q->next = NULL;
+            m[n++] = q;
+        } else {
+            prev = q;
+        }
+        q = next;
+    }
+    char *param = n > 1 ? batch_param(st, m, n) : NULL;
+    pg_job_t *b = param ? job_new(pg->stmts[st->batch].name, NULL, 1, (const char *const *)&param) : NULL;
+    free(param);
+    if (b == NULL) { /* alone, or out of memory: the others go back, in order */
+        for (int k = n - 1; k >= 1; k--) list_push_front(&pg->queue, m[k]);
+        free(m);
+        return first;
+    }
+    b->stmt_idx = st->batch;
+    b->members = m;
+    b->nmembers = n;
+    pg->nheld += n - 1; /* the batch job itself counts as one of them */
+    pg->nbatches++;
+    pg->nbatched += (uint64_t)n;
+    return b;
+}
+
+/* A member the batch did not answer for runs alone. */
+static void batch_requeue(gw_pg_t *pg, pg_job_t *j)
+{
+    j->nobatch = 1;
+    j->send_failures = 0;
+    j->synced = 0;
+    if (pg->closing) job_finish(pg, j, GW_ECANCELED);
+    else if (pg->nup == 0) job_finish(pg, j, GW_EUNAVAIL);
+    else {
+        list_push(&pg->queue, j);
+        uv_prepare_start(&pg->dispatcher, on_prepare);
+    }
+}
+
+/* A batch finished: each member gets its own row as a one-row result of the
+ * batch's columns (r, i), so that its callback sees what the single statement
+ * would have returned in column 0. */
+static void batch_deliver(gw_pg_t *pg, pg_job_t *b)
+{
+    int n = b->nmembers;
+    pg->nheld -= n - 1;
+    if (b->err == GW_ECONFLICT || b->err == GW_ESTATE) {
+        gw_log(GW_LOG_INFO, "pg: a batch of %d %s jobs failed; running them one by one", n,
+               pg->stmts[b->stmt_idx].name);
+        for (int k = 0; k < n; k++) batch_requeue(pg, b->members[k]);
+        return;
+    }
+    if (b->err != GW_OK) { /* lost (outcome unknown), cancelled, unavailable */
+        for (int k = 0; k < n; k++) job_finish(pg, b->members[k], b->err);
+        return;
+    }
+    int rows = PQntuples(b->res);
+    for (int row = 0; row < rows && PQnfields(b->res) == 2; row++) {
+        const char *iv = PQgetvalue(b->res, row, 1);
+        char *end;
+        long k = strtol(iv, &end, 10);
+        if (PQgetisnull(b->res, row, 1) || end == iv || *end != '\0' || k < 0 || k >= n ||
+            b->members[k] == NULL || PQgetisnull(b->res, row, 0))
+            continue;
+        pg_job_t *j = b->members[k];
+        PGresult *one = PQcopyResult(b->res, PG_COPYRES_ATTRS);
+        if (one == NULL ||
+            !PQsetvalue(one, 0, 0, PQgetvalue(b->res, row, 0), PQgetlength(b->res, row, 0)) ||
+            !PQsetvalue(one, 0, 1, PQgetvalue(b->res, row, 1), PQgetlength(b->res, row, 1))) {
+            if (one) PQclear(one);
+            continue; /* no memory: it runs alone */
+        }
+        b->members[k] = NULL;
+        if (j->cb) j->cb(j->udata, GW_OK, one);
+        PQclear(one);
+        free(j);
+    }
+    for (int k = 0; k < n; k++)
+        if (b->members[k]) batch_requeue(pg, b->members[k]);
+}
+
 static void dispatch(gw_pg_t *pg)
 {
     int sent = 0;
@@ -715,6 +899,8 @@ static void dispatch(gw_pg_t *pg)
         pg_conn_t *c = least_loaded(pg);
         if (c == NULL) break;
         pg_job_t *j = list_pop(&pg->queue);
+        if (j->stmt_idx >= 0 && pg->stmts[j->stmt_idx].batch >= 0 && !j->nobatch)
+            j = batch_gather(pg, j);
         if (conn_send(c, j) == 0) sent = 1;
     }
     if (!sent) return;
@@ -742,7 +928,8 @@ static void run_done(gw_pg_t *pg)
     pg->running_done = 1;
     pg_job_t *j;
     while ((j = list_pop(&pg->done)) != NULL) {
-        if (j->cb) j->cb(j->udata, j->err, j->res);
+        if (j->members) batch_deliver(pg, j);
+        else if (j->cb) j->cb(j->udata, j->err, j->res);
         job_free(j);
     }
     pg->running_done = 0;
@@ -910,6 +1097,9 @@ gw_err_t gw_pg_prepare(gw_pg_t *pg, const char *name, const char *sql)
     }
     pg->stmts[pg->nstmts].name = n;
     pg->stmts[pg->nstmts].sql = q;
+    pg->stmts[pg->nstmts].batch = -1;
+    pg->stmts[pg->nstmts].raw_mask = 0;
+    pg->stmts[pg->nstmts].max_batch = 0;
     pg->nstmts++;
     return GW_OK;
 }
@@ -922,32 +1112,18 @@ void gw_pg_start(gw_pg_t *pg)
     run_done(pg);
 }
 
-static gw_err_t pg_submit(gw_pg_t *pg, const char *stmt, const char *sql, int nparams,
-                          const char *const *values, gw_pg_cb cb, void *udata)
+/* One allocation: job, values[], then the strings. */
+static pg_job_t *job_new(const char *stmt, const char *sql, int nparams, const char *const *values)
 {
-    if (pg == NULL) return GW_EINVAL;
-    if (pg->closing) return GW_ECANCELED;
-    if (nparams < 0 || nparams > PG_MAX_PARAMS || (nparams > 0 && values == NULL))
-        return GW_EINVAL;
-    if (stmt) {
-        int found = 0;
-        for (int i = 0; i < pg->nstmts && !found; i++) found = strcmp(pg->stmts[i].name, stmt) == 0;
-        if (!found) return GW_EINVAL;
-    } else if (sql == NULL) {
-        return GW_EINVAL;
-    }
-    if (pg->nup == 0) return GW_EUNAVAIL;
-    if (pg->queue.n >= pg->max_queue) return GW_EBUSY;
-
-    /* one allocation: job, values[], then the strings */
     const char *text = stmt ? stmt : sql;
     size_t tlen = strlen(text) + 1;
     size_t size = sizeof(pg_job_t) + (size_t)nparams * sizeof(char *) + tlen;
     for (int i = 0; i < nparams; i++)
         if (values[i]) size += strlen(values[i]) + 1;
     pg_job_t *j = malloc(size);
-    if (j == NULL) return GW_ENOMEM;
+    if (j == NULL) return NULL;
     memset(j, 0, sizeof(*j));
+    j->stmt_idx = -1;
     char **vals = (char **)(j + 1);
     char *p = (char *)(vals + nparams);
     memcpy(p, text, tlen);
@@ -966,6 +1142,36 @@ static gw_err_t pg_submit(gw_pg_t *pg, const char *stmt, const char *sql, int np
     }
     j->values = (const char *const *)vals;
     j->nparams = nparams;
+    return j;
+}
+
+static int stmt_find(const gw_pg_t *pg, const char *name)
+{
+    for (int i = 0; i < pg->nstmts; i++)
+        if (strcmp(pg->stmts[i].name, name) == 0) return i;
+    return -1;
+}
+
+static gw_err_t pg_submit(gw_pg_t *pg, const char *stmt, const char *sql, int nparams,
+                          const char *const *values, gw_pg_cb cb, void *udata)
+{
+    if (pg == NULL) return GW_EINVAL;
+    if (pg->closing) return GW_ECANCELED;
+    if (nparams < 0 || nparams > PG_MAX_PARAMS || (nparams > 0 && values == NULL))
+        return GW_EINVAL;
+    int idx = -1;
+    if (stmt) {
+        idx = stmt_find(pg, stmt);
+        if (idx < 0) return GW_EINVAL;
+    } else if (sql == NULL) {
+        return GW_EINVAL;
+    }
+    if (pg->nup == 0) return GW_EUNAVAIL;
+    if (pg->queue.n >= pg->max_queue) return GW_EBUSY;
+
+    pg_job_t *j = job_new(stmt, sql, nparams, values);
+    if (j == NULL) return GW_ENOMEM;
+    j->stmt_idx = idx;
     j->cb = cb;
     j->udata = udata;
     list_push(&pg->queue, j);
@@ -1000,7 +1206,28 @@ int gw_pg_size(const gw_pg_t *pg)
 
 int gw_pg_pending(const gw_pg_t *pg)
 {
-    return pg ? pg->queue.n + pg->ninflight_user : 0;
+    return pg ? pg->queue.n + pg->ninflight_user + pg->nheld : 0;
+}
+
+gw_err_t gw_pg_batchable(gw_pg_t *pg, const char *stmt, const char *batch_stmt, unsigned raw_mask,
+                         int max_batch)
+{
+    if (pg == NULL || stmt == NULL || batch_stmt == NULL || max_batch < 2) return GW_EINVAL;
+    if (pg->started || pg->closing) return GW_EINVAL;
+    int s = stmt_find(pg, stmt), b = stmt_find(pg, batch_stmt);
+    if (s < 0 || b < 0 || s == b || pg->stmts[b].batch >= 0) return GW_EINVAL;
+    for (int i = 0; i < pg->nstmts; i++) /* a batch form is never batched itself */
+        if (pg->stmts[i].batch == s) return GW_EINVAL;
+    pg->stmts[s].batch = b;
+    pg->stmts[s].raw_mask = raw_mask;
+    pg->stmts[s].max_batch = max_batch;
+    return GW_OK;
+}
+
+void gw_pg_batch_counts(const gw_pg_t *pg, uint64_t *batches, uint64_t *jobs)
+{
+    *batches = pg ? pg->nbatches : 0;
+    *jobs = pg ? pg->nbatched : 0;
 }
 
 /* ---------------------------------------------------------------- migrations */

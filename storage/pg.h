@@ -61,6 +61,26 @@ gw_err_t gw_pg_exec(gw_pg_t *pg, const char *stmt, int nparams, const char *cons
 gw_err_t gw_pg_exec_sql(gw_pg_t *pg, const char *sql, int nparams, const char *const *values,
                         gw_pg_cb cb, void *udata);
 
+/*
+ * Batching.  Jobs of stmt queued in the same loop turn are sent as ONE
+ * statement batch_stmt (both registered with gw_pg_prepare) with one
+ * parameter, a JSON array holding each job's parameters as an array:
+ * [[a0, a1, ...], [b0, b1, ...]] — parameter i is embedded as is when bit i
+ * of raw_mask is set (it must then be JSON text), otherwise as a JSON string
+ * (SQL NULL as null).  batch_stmt returns one row per job, columns (r, i):
+ * r what stmt returns for the job, i the job's index in the array.  Each
+ * job's callback then gets a one-row result with r in column 0, exactly as
+ * from stmt.  A batch is one transaction: when it fails (GW_ESTATE,
+ * GW_ECONFLICT), its jobs are run one by one with stmt, as is any job the
+ * batch returned no row (or a NULL r) for; when its connection is lost, all
+ * its jobs get GW_EIO.  At most max_batch jobs per batch.  Call before
+ * gw_pg_start.  storage/migrations/0011_batches.sql has the batch forms.
+ */
+gw_err_t gw_pg_batchable(gw_pg_t *pg, const char *stmt, const char *batch_stmt, unsigned raw_mask,
+                         int max_batch);
+/* Batches sent and the jobs they carried, since start. */
+void gw_pg_batch_counts(const gw_pg_t *pg, uint64_t *batches, uint64_t *jobs);
+
 /* Connections currently up (0 … pool_size). */
 int gw_pg_up(const gw_pg_t *pg);
 int gw_pg_size(const gw_pg_t *pg);

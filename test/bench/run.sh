@@ -271,7 +271,7 @@ cat > "$WORK/paygated.json" <<EOF
 {
   "listen": { "host": "127.0.0.1", "port": $GW_PORT },
   "admin": { "host": "127.0.0.1", "port": $ADMIN_PORT, "token": "$ADMIN_TOKEN" },
-  "log_level": "warn",
+  "log_level": "${BENCH_LOG_LEVEL:-warn}",
   "http": { "max_connections": $((IDLE_CONNS + 2000)) },
   "postgres": { "conninfo": "host=127.0.0.1 port=$PG_PORT dbname=paygate user=paygate"${BENCH_PG_POOL:+, \"pool_size\": $BENCH_PG_POOL} },
   "redis": { "host": "127.0.0.1", "port": $REDIS_PORT },

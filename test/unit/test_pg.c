@@ -831,6 +831,740 @@ static void test_migrate_sync(void **state)
     drop_schema(schema);
 }
 
+/* ---- batches (gw_pg_batchable) ---- */
+
+/*
+ * The SQL objects of one batch test, named after the test and the process:
+ *
+ *   TBL (k int PRIMARY KEY, v text, via text, tx bigint): what was written.
+ *   IMPL(a jsonb, b text, how text) -> text: inserts (a->>'k', b, how,
+ *       txid_current()), raises P0001 when a->>'fail' is true, and returns
+ *       "k|s|b" (s = a->>'s', a NULL b as "<null>").
+ *   ONE(a jsonb, b text): the single form, IMPL(a, b, 'one').
+ *   MANY(p jsonb) -> (r text, i int): the batch form.  It first checks that
+ *       every element is [object, string or null] (parameter 0 embedded as
+ *       JSON, parameter 1 as a JSON string), raising otherwise, then per
+ *       element does what the variant says (B_PLAIN: one row from
+ *       IMPL(a, b, 'many')).
+ *
+ * So a row's `via` tells whether the batch or the single statement wrote
+ * it, and its `tx` which transaction.
+ */
+enum bvariant {
+    B_PLAIN,      /* one row per element, in array order */
+    B_GAPS,       /* k%4 = 0: no row; 1: NULL r; 2: the row, then rows with
+                     bad indexes (out of range, a repeat of its own) */
+    B_NULL_INDEX, /* first a row ('bogus', NULL i), then B_PLAIN */
+    B_SLOW        /* pg_sleep(sleep_s) first, then B_PLAIN */
+};
+
+typedef struct bsql {
+    char tbl[64], impl[64], one[64], many[64];
+    char one_sql[160], many_sql[160];
+} bsql_t;
+
+static void bsql_drop(const bsql_t *s)
+{
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "DROP FUNCTION IF EXISTS %s(jsonb); DROP FUNCTION IF EXISTS %s(jsonb, text); "
+             "DROP FUNCTION IF EXISTS %s(jsonb, text, text); DROP TABLE IF EXISTS %s",
+             s->many, s->one, s->impl, s->tbl);
+    side_sql(sql);
+}
+
+static void bsql_create(bsql_t *s, const char *tag, enum bvariant v, double sleep_s)
+{
+    int pid = (int)getpid();
+    snprintf(s->tbl, sizeof(s->tbl), "gwtest_%s_%d", tag, pid);
+    snprintf(s->impl, sizeof(s->impl), "gwtest_%s_%d_impl", tag, pid);
+    snprintf(s->one, sizeof(s->one), "gwtest_%s_%d_one", tag, pid);
+    snprintf(s->many, sizeof(s->many), "gwtest_%s_%d_many", tag, pid);
+    snprintf(s->one_sql, sizeof(s->one_sql), "SELECT %s($1::jsonb, $2)", s->one);
+    snprintf(s->many_sql, sizeof(s->many_sql), "SELECT r, i FROM %s($1::jsonb)", s->many);
+    bsql_drop(s);
+
+    char row[256];
+    snprintf(row, sizeof(row), "i := e.n; r := %s(e.a->0, e.a->>1, 'many'); RETURN NEXT;", s->impl);
+    gw_buf_t b;
+    gw_buf_init(&b, 1u << 16);
+    gw_buf_appendf(&b,
+                   "CREATE TABLE %s (k int PRIMARY KEY, v text, via text NOT NULL, tx bigint NOT NULL);\n"
+                   "CREATE FUNCTION %s(a jsonb, b text, how text) RETURNS text LANGUAGE plpgsql AS $f$\n"
+                   "BEGIN\n"
+                   "  IF (a->>'fail')::boolean THEN\n"
+                   "    RAISE EXCEPTION 'gwtest: element %% fails', a->>'k';\n"
+                   "  END IF;\n"
+                   "  INSERT INTO %s VALUES ((a->>'k')::int, b, how, txid_current());\n"
+                   "  RETURN (a->>'k') || '|' || coalesce(a->>'s', '') || '|' || coalesce(b, '<null>');\n"
+                   "END $f$;\n"
+                   "CREATE FUNCTION %s(a jsonb, b text) RETURNS text LANGUAGE sql AS $f$\n"
+                   "  SELECT %s(a, b, 'one') $f$;\n",
+                   s->tbl, s->impl, s->tbl, s->one, s->impl);
+    gw_buf_appendf(&b,
+                   "CREATE FUNCTION %s(p jsonb) RETURNS TABLE (r text, i int) LANGUAGE plpgsql AS $f$\n"
+                   "DECLARE\n"
+                   "  e record;\n"
+                   "  k int;\n"
+                   "BEGIN\n",
+                   s->many);
+    if (v == B_SLOW) gw_buf_appendf(&b, "  PERFORM pg_sleep(%g);\n", sleep_s);
+    if (v == B_NULL_INDEX) gw_buf_appends(&b, "  i := NULL; r := 'bogus'; RETURN NEXT;\n");
+    gw_buf_appends(&b,
+                   "  FOR e IN SELECT (x.ord - 1)::int AS n, x.v AS a\n"
+                   "             FROM jsonb_array_elements(p) WITH ORDINALITY AS x(v, ord)\n"
+                   "            ORDER BY x.ord LOOP\n"
+                   "    IF jsonb_typeof(e.a) <> 'array' OR jsonb_array_length(e.a) <> 2\n"
+                   "       OR jsonb_typeof(e.a->0) <> 'object'\n"
+                   "       OR jsonb_typeof(e.a->1) NOT IN ('string', 'null') THEN\n"
+                   "      RAISE EXCEPTION 'gwtest: element % is not [object, string|null]', e.n;\n"
+                   "    END IF;\n"
+                   "    k := (e.a->0->>'k')::int;\n");
+    if (v == B_GAPS) {
+        gw_buf_appends(&b,
+                       "    IF k % 4 = 0 THEN CONTINUE; END IF;\n"
+                       "    IF k % 4 = 1 THEN i := e.n; r := NULL; RETURN NEXT; CONTINUE; END IF;\n");
+        gw_buf_appendf(&b, "    %s\n", row);
+        gw_buf_appends(&b,
+                       "    IF k % 4 = 2 THEN\n"
+                       "      i := jsonb_array_length(p); r := 'bogus'; RETURN NEXT;\n"
+                       "      i := 999; r := 'bogus'; RETURN NEXT;\n"
+                       "      i := -1; r := 'bogus'; RETURN NEXT;\n"
+                       "      i := e.n; r := 'repeat'; RETURN NEXT;\n"
+                       "    END IF;\n");
+    } else {
+        gw_buf_appendf(&b, "    %s\n", row);
+    }
+    gw_buf_appends(&b, "  END LOOP;\nEND $f$;\n");
+    side_sql(b.data);
+    gw_buf_free(&b);
+}
+
+static int side_int(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int side_int(const char *fmt, ...)
+{
+    char sql[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof(sql), fmt, ap);
+    va_end(ap);
+    return num(side_sql(sql));
+}
+
+/* One batchable job's outcome. */
+typedef struct bjob {
+    int calls;
+    gw_err_t err;
+    int has_res;
+    ExecStatusType st;
+    int ntuples, isnull;
+    char sqlstate[8];
+    char v0[4200];
+    char want[4200];
+} bjob_t;
+
+static void bjob_cb(void *udata, gw_err_t err, PGresult *res)
+{
+    bjob_t *j = udata;
+    j->calls++;
+    j->err = err;
+    j->has_res = res != NULL;
+    if (res == NULL) return;
+    j->st = PQresultStatus(res);
+    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    snprintf(j->sqlstate, sizeof(j->sqlstate), "%s", s ? s : "");
+    j->ntuples = PQntuples(res);
+    if (j->ntuples > 0 && PQnfields(res) > 0) {
+        j->isnull = PQgetisnull(res, 0, 0);
+        snprintf(j->v0, sizeof(j->v0), "%s", PQgetvalue(res, 0, 0));
+    }
+}
+
+typedef struct bjobs {
+    bjob_t *j;
+    int n;
+} bjobs_t;
+
+static int bjobs_done(void *arg)
+{
+    bjobs_t *b = arg;
+    for (int i = 0; i < b->n; i++)
+        if (b->j[i].calls == 0) return 0;
+    return 1;
+}
+
+static void wait_bjobs(bjob_t *j, int n, int ms)
+{
+    bjobs_t b = { j, n };
+    if (!run_until(bjobs_done, &b, ms)) fail_msg("batchable jobs not completed after %d ms", ms);
+}
+
+/* Submits a job of stmt (the single form) with parameter 0 the JSON text a
+ * and parameter 1 b (NULL: SQL NULL); want is its expected result. */
+static gw_err_t bjob_submit_raw(gw_pg_t *pg, const char *stmt, bjob_t *j, const char *a,
+                                const char *b, const char *want)
+{
+    memset(j, 0, sizeof(*j));
+    snprintf(j->want, sizeof(j->want), "%s", want ? want : "");
+    const char *v[2] = { a, b };
+    return gw_pg_exec(pg, stmt, 2, v, bjob_cb, j);
+}
+
+/* Job k: parameter 0 {"k": k, "s": "q\"\u00e9\\"} (with "fail": true when
+ * fail), parameter 1 b.  Expected result "k|q\"é\\|b". */
+static gw_err_t bjob_submit(gw_pg_t *pg, const char *stmt, bjob_t *j, int k, const char *b, int fail)
+{
+    size_t wlen = strlen(b ? b : "") + 64;
+    char a[128], *want = malloc(wlen);
+    assert_non_null(want);
+    snprintf(a, sizeof(a), "{\"k\": %d, \"s\": \"q\\\"\\u00e9\\\\\"%s}", k,
+             fail ? ", \"fail\": true" : "");
+    snprintf(want, wlen, "%d|q\"\xc3\xa9\\|%s", k, b ? b : "<null>");
+    gw_err_t rc = bjob_submit_raw(pg, stmt, j, a, b, want);
+    free(want);
+    return rc;
+}
+
+static gw_pg_t *batch_pool(const bsql_t *s, int size, int pipeline, int max_batch)
+{
+    gw_pg_t *pg = new_pool(size, pipeline, 1000, 0);
+    assert_int_equal(gw_pg_prepare(pg, s->one, s->one_sql), GW_OK);
+    assert_int_equal(gw_pg_prepare(pg, s->many, s->many_sql), GW_OK);
+    assert_int_equal(gw_pg_batchable(pg, s->one, s->many, 1u, max_batch), GW_OK);
+    start_and_wait(pg);
+    return pg;
+}
+
+/* Text parameters that JSON must escape, or that look like JSON but are
+ * strings; NULL is SQL NULL. */
+static const char *const tricky[] = {
+    "plain",
+    "double \"quotes\" inside",
+    "back\\slash, \\\\ two, \\u0041 not an escape, \\n neither",
+    "tab\there, newline\nhere, cr\rhere",
+    "control \x01\x02\x1f bytes and DEL \x7f",
+    "UTF-8 \xc5\xbc\xc3\xb3\xc5\x82\xc4\x87 \xe2\x82\xac \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80",
+    NULL,
+    "",
+    "null",
+    "{\"k\": 1}",
+    "[1, 2]",
+    "123",
+    "it's 'single'; -- $1 ]}, [{",
+    "\"",
+    "\\",
+    "\x1b[0m ends with a backslash \\",
+};
+#define NTRICKY ((int)(sizeof(tricky) / sizeof(tricky[0])))
+
+/* 1. Jobs queued in one loop turn go as batches of at most max_batch (in
+ * one transaction each), between jobs of other statements; every callback
+ * gets exactly its own result, once, with parameters that need escaping. */
+static void test_batch_one_turn(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 20, MAXB = 8, NOTHER = 7 };
+    bsql_t s;
+    bsql_create(&s, "bturn", B_PLAIN, 0);
+    gw_pg_t *pg = batch_pool(&s, 2, 4, MAXB);
+    uint64_t nb = 99, nj = 99;
+    gw_pg_batch_counts(pg, &nb, &nj);
+    assert_int_equal(nb, 0);
+    assert_int_equal(nj, 0);
+
+    char lng[4001]; /* also past the batch parameter's first buffer */
+    for (int i = 0; i < 1000; i++) memcpy(lng + 4 * i, "ab\"\\", 4);
+    lng[4000] = '\0';
+
+    bjob_t *j = calloc(N, sizeof(*j));
+    assert_non_null(j);
+    rec_t other[NOTHER];
+    memset(other, 0, sizeof(other));
+    int o = 0, nullk = -1;
+    for (int k = 0; k < N; k++) {
+        const char *b = k == N - 1 ? lng : tricky[k % NTRICKY];
+        if (b == NULL) nullk = k;
+        assert_int_equal(bjob_submit(pg, s.one, &j[k], k, b, 0), GW_OK);
+        if (k % 3 == 1 && o < NOTHER) { /* other statements in between */
+            char v[16];
+            snprintf(v, sizeof(v), "%d", k);
+            const char *vals[1] = { v };
+            assert_int_equal(gw_pg_exec_sql(pg, "SELECT $1::int * 2", 1, vals, rec_cb, &other[o++]),
+                             GW_OK);
+        }
+    }
+    assert_int_equal(o, NOTHER);
+    assert_int_equal(gw_pg_pending(pg), N + NOTHER);
+    wait_bjobs(j, N, 10000);
+    wait_recs(other, NOTHER, 10000);
+    run_for(50); /* no second callback */
+    gw_pg_batch_counts(pg, &nb, &nj);
+    int pending = gw_pg_pending(pg);
+    int rows = side_int("SELECT count(*) FROM %s", s.tbl);
+    int rows_many = side_int("SELECT count(*) FROM %s WHERE via = 'many'", s.tbl);
+    int ntx = side_int("SELECT count(DISTINCT tx) FROM %s", s.tbl);
+    int biggest = side_int("SELECT max(c) FROM (SELECT count(*) c FROM %s GROUP BY tx) t", s.tbl);
+    int nulls = side_int("SELECT count(*) FROM %s WHERE v IS NULL", s.tbl);
+    int nullrow = side_int("SELECT coalesce(min(k), -1) FROM %s WHERE v IS NULL", s.tbl);
+    int lngrow = side_int("SELECT count(*) FROM %s WHERE k = %d AND v = repeat('ab\"\\', 1000)",
+                          s.tbl, N - 1);
+    close_pool(pg);
+    bsql_drop(&s);
+
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(j[k].calls, 1);
+        if (j[k].err != GW_OK) fail_msg("job %d: %s", k, gw_err_name(j[k].err));
+        assert_int_equal(j[k].st, PGRES_TUPLES_OK);
+        assert_int_equal(j[k].ntuples, 1);
+        assert_false(j[k].isnull);
+        if (strcmp(j[k].v0, j[k].want) != 0)
+            fail_msg("job %d: got \"%s\", want \"%s\"", k, j[k].v0, j[k].want);
+    }
+    for (int i = 0; i < NOTHER; i++) {
+        assert_int_equal(other[i].calls, 1);
+        assert_int_equal(other[i].err, GW_OK);
+        assert_int_equal(num(other[i].v0), 2 * (3 * i + 1));
+    }
+    assert_int_equal(pending, 0);
+    /* at least ceil(20 / 8) batches, each a transaction of at most 8 rows,
+     * carrying all 20 jobs, each written by the batch form */
+    assert_true(nb >= (N + MAXB - 1) / MAXB);
+    assert_true(nb < N);
+    assert_int_equal(nj, N);
+    assert_int_equal(rows, N);
+    assert_int_equal(rows_many, N);
+    assert_int_equal(ntx, (int)nb);
+    assert_true(biggest <= MAXB);
+    assert_int_equal(nulls, 1);
+    assert_int_equal(nullrow, nullk);
+    assert_int_equal(lngrow, 1);
+    free(j);
+}
+
+/* 2. A batch is one transaction; a job alone in its turn (or alone among
+ * other statements' jobs) is sent as the single statement. */
+static void test_batch_one_transaction(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 10 };
+    bsql_t s;
+    bsql_create(&s, "btx", B_PLAIN, 0);
+    gw_pg_t *pg = batch_pool(&s, 1, 8, 64);
+
+    bjob_t j[N], lone[2];
+    for (int k = 0; k < N; k++)
+        assert_int_equal(bjob_submit(pg, s.one, &j[k], k, tricky[k % NTRICKY], 0), GW_OK);
+    wait_bjobs(j, N, 10000);
+    uint64_t nb1, nj1, nb2, nj2, nb3, nj3;
+    gw_pg_batch_counts(pg, &nb1, &nj1);
+    int ntx1 = side_int("SELECT count(DISTINCT tx) FROM %s", s.tbl);
+    int many1 = side_int("SELECT count(*) FROM %s WHERE via = 'many'", s.tbl);
+
+    /* later turn, nothing else queued */
+    assert_int_equal(bjob_submit(pg, s.one, &lone[0], 100, "alone", 0), GW_OK);
+    wait_bjobs(&lone[0], 1, 10000);
+    gw_pg_batch_counts(pg, &nb2, &nj2);
+
+    /* later turn, only other statements' jobs with it */
+    rec_t other[2];
+    exec_ok(pg, "SELECT 1", &other[0]);
+    assert_int_equal(bjob_submit(pg, s.one, &lone[1], 101, NULL, 0), GW_OK);
+    exec_ok(pg, "SELECT 2", &other[1]);
+    wait_bjobs(&lone[1], 1, 10000);
+    wait_recs(other, 2, 10000);
+    gw_pg_batch_counts(pg, &nb3, &nj3);
+
+    int ntx = side_int("SELECT count(DISTINCT tx) FROM %s", s.tbl);
+    int rows = side_int("SELECT count(*) FROM %s", s.tbl);
+    int lone_one = side_int("SELECT count(*) FROM %s WHERE k IN (100, 101) AND via = 'one'", s.tbl);
+    close_pool(pg);
+    bsql_drop(&s);
+
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(j[k].calls, 1);
+        assert_int_equal(j[k].err, GW_OK);
+        assert_string_equal(j[k].v0, j[k].want);
+    }
+    assert_int_equal(nb1, 1);
+    assert_int_equal(nj1, N);
+    assert_int_equal(many1, N);
+    assert_int_equal(ntx1, 1); /* every element in the same transaction */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(lone[i].calls, 1);
+        assert_int_equal(lone[i].err, GW_OK);
+        assert_string_equal(lone[i].v0, lone[i].want);
+        assert_int_equal(other[i].err, GW_OK);
+        assert_int_equal(num(other[i].v0), i + 1);
+    }
+    assert_int_equal(nb2, 1);
+    assert_int_equal(nj2, N);
+    assert_int_equal(nb3, 1);
+    assert_int_equal(nj3, N);
+    assert_int_equal(lone_one, 2);
+    assert_int_equal(rows, N + 2);
+    assert_int_equal(ntx, 3);
+}
+
+/* 3. One element fails: the batch rolls back and every job runs alone; only
+ * the bad one fails.  The same when a raw (JSON) parameter is not JSON, so
+ * that the batch's parameter itself is invalid. */
+static void test_batch_failure_reruns(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 12, BAD = 9, N2 = 6, BAD2 = 3 };
+    bsql_t s;
+    bsql_create(&s, "bfail", B_PLAIN, 0);
+    gw_pg_t *pg = batch_pool(&s, 1, 8, 64);
+
+    /* BAD is late in the array: rows for 0..8 were written, then undone */
+    bjob_t j[N], j2[N2];
+    for (int k = 0; k < N; k++)
+        assert_int_equal(bjob_submit(pg, s.one, &j[k], k, tricky[k % NTRICKY], k == BAD), GW_OK);
+    wait_bjobs(j, N, 10000);
+    run_for(50);
+    uint64_t nb1, nj1, nb2, nj2;
+    gw_pg_batch_counts(pg, &nb1, &nj1);
+    int rows1 = side_int("SELECT count(*) FROM %s", s.tbl);
+    int many1 = side_int("SELECT count(*) FROM %s WHERE via = 'many'", s.tbl);
+    int bad1 = side_int("SELECT count(*) FROM %s WHERE k = %d", s.tbl, BAD);
+    int ntx1 = side_int("SELECT count(DISTINCT tx) FROM %s", s.tbl);
+
+    for (int k = 0; k < N2; k++) {
+        if (k == BAD2) {
+            assert_int_equal(bjob_submit_raw(pg, s.one, &j2[k], "{\"k\": 103, broken", "x", NULL),
+                             GW_OK);
+        } else {
+            assert_int_equal(bjob_submit(pg, s.one, &j2[k], 100 + k, "y", 0), GW_OK);
+        }
+    }
+    wait_bjobs(j2, N2, 10000);
+    run_for(50);
+    gw_pg_batch_counts(pg, &nb2, &nj2);
+    int rows2 = side_int("SELECT count(*) FROM %s WHERE k >= 100", s.tbl);
+    int many2 = side_int("SELECT count(*) FROM %s WHERE via = 'many'", s.tbl);
+    close_pool(pg);
+    bsql_drop(&s);
+
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(j[k].calls, 1);
+        if (k == BAD) {
+            assert_int_equal(j[k].err, GW_ESTATE);
+            assert_true(j[k].has_res);
+            assert_string_equal(j[k].sqlstate, "P0001");
+        } else {
+            if (j[k].err != GW_OK) fail_msg("job %d: %s", k, gw_err_name(j[k].err));
+            assert_string_equal(j[k].v0, j[k].want);
+        }
+    }
+    assert_int_equal(nb1, 1);  /* the failed batch; the re-runs went alone */
+    assert_int_equal(nj1, N);
+    assert_int_equal(rows1, N - 1);
+    assert_int_equal(many1, 0); /* nothing of the batch attempt remains */
+    assert_int_equal(bad1, 0);
+    assert_int_equal(ntx1, N - 1); /* one transaction each */
+
+    for (int k = 0; k < N2; k++) {
+        assert_int_equal(j2[k].calls, 1);
+        if (k == BAD2) {
+            assert_int_equal(j2[k].err, GW_ESTATE);
+            assert_string_equal(j2[k].sqlstate, "22P02"); /* invalid JSON */
+        } else {
+            if (j2[k].err != GW_OK) fail_msg("job2 %d: %s", k, gw_err_name(j2[k].err));
+            assert_string_equal(j2[k].v0, j2[k].want);
+        }
+    }
+    assert_int_equal(nb2, 2);
+    assert_int_equal(nj2, N + N2);
+    assert_int_equal(rows2, N2 - 1);
+    assert_int_equal(many2, 0);
+}
+
+/* 4. Jobs the batch returns no row for, or a NULL r, or only rows with bad
+ * indexes besides their own, get their result from the single statement;
+ * stray rows reach nobody. */
+static void test_batch_missing_rows(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 16 };
+    bsql_t s;
+    bsql_create(&s, "bgap", B_GAPS, 0);
+    gw_pg_t *pg = batch_pool(&s, 2, 8, 64);
+
+    bjob_t j[N];
+    for (int k = 0; k < N; k++)
+        assert_int_equal(bjob_submit(pg, s.one, &j[k], k, tricky[k % NTRICKY], 0), GW_OK);
+    wait_bjobs(j, N, 10000);
+    run_for(50);
+    uint64_t nb, nj;
+    gw_pg_batch_counts(pg, &nb, &nj);
+    char one_ks[128], many_ks[128];
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT string_agg(k::text, ',' ORDER BY k) FROM %s WHERE via = 'one'",
+             s.tbl);
+    snprintf(one_ks, sizeof(one_ks), "%s", side_sql(sql));
+    snprintf(sql, sizeof(sql), "SELECT string_agg(k::text, ',' ORDER BY k) FROM %s WHERE via = 'many'",
+             s.tbl);
+    snprintf(many_ks, sizeof(many_ks), "%s", side_sql(sql));
+    int pending = gw_pg_pending(pg);
+    close_pool(pg);
+    bsql_drop(&s);
+
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(j[k].calls, 1);
+        if (j[k].err != GW_OK) fail_msg("job %d: %s", k, gw_err_name(j[k].err));
+        assert_int_equal(j[k].ntuples, 1);
+        assert_false(j[k].isnull);
+        if (strcmp(j[k].v0, j[k].want) != 0)
+            fail_msg("job %d: got \"%s\", want \"%s\"", k, j[k].v0, j[k].want);
+    }
+    assert_int_equal(nb, 1);
+    assert_int_equal(nj, N);
+    assert_string_equal(one_ks, "0,1,4,5,8,9,12,13");
+    assert_string_equal(many_ks, "2,3,6,7,10,11,14,15");
+    assert_int_equal(pending, 0);
+}
+
+/* 5. A unique violation in a batch: every job runs alone; the duplicates
+ * get GW_ECONFLICT, the others succeed. */
+static void test_batch_unique_violation(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 10, DUP = 3 };
+    bsql_t s;
+    bsql_create(&s, "buniq", B_PLAIN, 0);
+    side_int("INSERT INTO %s VALUES (1003, 'there', 'side', 0)", s.tbl);
+    gw_pg_t *pg = batch_pool(&s, 2, 8, 64);
+
+    /* jobs 0..7: k 1000..1007 (1003 exists); jobs 8, 9: both k 2000 */
+    bjob_t j[N];
+    for (int k = 0; k < N; k++)
+        assert_int_equal(bjob_submit(pg, s.one, &j[k], k < 8 ? 1000 + k : 2000, "u", 0), GW_OK);
+    wait_bjobs(j, N, 10000);
+    run_for(50);
+    uint64_t nb, nj;
+    gw_pg_batch_counts(pg, &nb, &nj);
+    int rows = side_int("SELECT count(*) FROM %s", s.tbl);
+    int many = side_int("SELECT count(*) FROM %s WHERE via = 'many'", s.tbl);
+    int side = side_int("SELECT count(*) FROM %s WHERE k = 1003 AND via = 'side'", s.tbl);
+    close_pool(pg);
+    bsql_drop(&s);
+
+    for (int k = 0; k < 8; k++) {
+        assert_int_equal(j[k].calls, 1);
+        if (k == DUP) {
+            assert_int_equal(j[k].err, GW_ECONFLICT);
+            assert_true(j[k].has_res);
+            assert_string_equal(j[k].sqlstate, "23505");
+        } else {
+            if (j[k].err != GW_OK) fail_msg("job %d: %s", k, gw_err_name(j[k].err));
+            assert_string_equal(j[k].v0, j[k].want);
+        }
+    }
+    assert_int_equal(j[8].calls, 1);
+    assert_int_equal(j[9].calls, 1);
+    int ok = (j[8].err == GW_OK) + (j[9].err == GW_OK);
+    int conflict = (j[8].err == GW_ECONFLICT) + (j[9].err == GW_ECONFLICT);
+    assert_int_equal(ok, 1);
+    assert_int_equal(conflict, 1);
+    bjob_t *won = j[8].err == GW_OK ? &j[8] : &j[9];
+    assert_string_equal(won->v0, won->want);
+    assert_int_equal(nb, 1);
+    assert_int_equal(nj, N);
+    assert_int_equal(many, 0);
+    assert_int_equal(side, 1);
+    assert_int_equal(rows, 1 + 7 + 1);
+}
+
+/* 6. gw_pg_batchable's argument checks; a refused call registers nothing. */
+static void test_batch_args(void **state)
+{
+    (void)state;
+    need_env();
+    bsql_t s;
+    bsql_create(&s, "bargs", B_PLAIN, 0);
+    gw_pg_t *pg = new_pool(1, 8, 100, 0);
+    assert_int_equal(gw_pg_prepare(pg, s.one, s.one_sql), GW_OK);
+    assert_int_equal(gw_pg_prepare(pg, s.many, s.many_sql), GW_OK);
+    assert_int_equal(gw_pg_prepare(pg, "other", "SELECT $1::int + 1"), GW_OK);
+
+    assert_int_equal(gw_pg_batchable(NULL, s.one, s.many, 1u, 8), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, NULL, s.many, 1u, 8), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, s.one, NULL, 1u, 8), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, "nosuch", s.many, 1u, 8), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, s.one, "nosuch", 1u, 8), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, s.one, s.one, 1u, 8), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, "other", "other", 0, 8), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, s.one, s.many, 1u, 1), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, s.one, s.many, 1u, 0), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, s.one, s.many, 1u, -5), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, "other", s.many, 0, 1), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, s.one, s.many, 1u, 2), GW_OK);
+    start_and_wait(pg);
+    /* after start, even a valid pair */
+    assert_int_equal(gw_pg_batchable(pg, "other", s.many, 0, 8), GW_EINVAL);
+    assert_int_equal(gw_pg_batchable(pg, s.one, s.many, 1u, 8), GW_EINVAL);
+
+    /* "other" was never made batchable; one is, with max 2 (not 8) */
+    rec_t r[3];
+    bjob_t j[5];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 3; i++) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", i);
+        const char *vals[1] = { v };
+        assert_int_equal(gw_pg_exec(pg, "other", 1, vals, rec_cb, &r[i]), GW_OK);
+    }
+    wait_recs(r, 3, 10000);
+    uint64_t nb1, nj1, nb2, nj2, cb = 7, cj = 7;
+    gw_pg_batch_counts(pg, &nb1, &nj1);
+    for (int k = 0; k < 5; k++) assert_int_equal(bjob_submit(pg, s.one, &j[k], k, "a", 0), GW_OK);
+    wait_bjobs(j, 5, 10000);
+    gw_pg_batch_counts(pg, &nb2, &nj2);
+    int ntx = side_int("SELECT count(DISTINCT tx) FROM %s WHERE via = 'many'", s.tbl);
+    int biggest = side_int("SELECT max(c) FROM (SELECT count(*) c FROM %s GROUP BY tx) t", s.tbl);
+    close_pool(pg);
+    bsql_drop(&s);
+    gw_pg_batch_counts(NULL, &cb, &cj);
+
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].err, GW_OK);
+        assert_int_equal(num(r[i].v0), i + 1);
+    }
+    assert_int_equal(nb1, 0);
+    assert_int_equal(nj1, 0);
+    for (int k = 0; k < 5; k++) {
+        assert_int_equal(j[k].err, GW_OK);
+        assert_string_equal(j[k].v0, j[k].want);
+    }
+    /* 5 jobs, at most 2 a batch: 2 + 2 and one alone */
+    assert_int_equal(nb2, 2);
+    assert_int_equal(nj2, 4);
+    assert_int_equal(ntx, 2);
+    assert_int_equal(biggest, 2);
+    assert_int_equal(cb, 0);
+    assert_int_equal(cj, 0);
+}
+
+/* 7. While a batch runs, gw_pg_pending counts the jobs it carries; when its
+ * connection is lost all of them get GW_EIO (the outcome is unknown: none
+ * is run again). */
+static void test_batch_in_flight(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 6 };
+    bsql_t s;
+    bsql_create(&s, "bslow", B_SLOW, 30);
+    gw_pg_t *pg = batch_pool(&s, 1, 8, 64);
+
+    bjob_t j[N];
+    for (int k = 0; k < N; k++) assert_int_equal(bjob_submit(pg, s.one, &j[k], k, "z", 0), GW_OK);
+    wait_active(s.many, 1);
+    int pending_running = gw_pg_pending(pg);
+    int calls_running = 0;
+    for (int k = 0; k < N; k++) calls_running += j[k].calls;
+    terminate(s.many);
+    wait_bjobs(j, N, 10000);
+    run_for(100);
+    int pending_after = gw_pg_pending(pg);
+    uint64_t nb, nj;
+    gw_pg_batch_counts(pg, &nb, &nj);
+    int up = run_until(pool_all_up, pg, 10000);
+    int rows = side_int("SELECT count(*) FROM %s", s.tbl);
+    close_pool(pg);
+    bsql_drop(&s);
+
+    assert_int_equal(calls_running, 0);
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(j[k].calls, 1);
+        assert_int_equal(j[k].err, GW_EIO);
+        assert_false(j[k].has_res);
+    }
+    assert_int_equal(nb, 1);
+    assert_int_equal(nj, N);
+    assert_int_equal(rows, 0); /* not run again alone */
+    assert_true(up);
+    assert_int_equal(pending_after, 0);
+    assert_int_equal(pending_running, N);
+}
+
+/* gw_pg_close with a batch in flight and batchable jobs queued: the queued
+ * ones GW_ECANCELED at once, the batch's members complete, then done. */
+static void test_batch_close(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 5, Q = 3 };
+    bsql_t s;
+    bsql_create(&s, "bclose", B_SLOW, 1.0);
+    gw_pg_t *pg = batch_pool(&s, 1, 8, 64);
+
+    bjob_t j[N + Q];
+    for (int k = 0; k < N; k++) assert_int_equal(bjob_submit(pg, s.one, &j[k], k, "c", 0), GW_OK);
+    wait_active(s.many, 1);
+    for (int k = N; k < N + Q; k++)
+        assert_int_equal(bjob_submit(pg, s.one, &j[k], k, "c", 0), GW_OK);
+    uint64_t nb, nj;
+    gw_pg_batch_counts(pg, &nb, &nj);
+    int closed = 0, cancelled_at_once = 0, early = 0;
+    gw_pg_close(pg, closed_cb, &closed);
+    for (int k = N; k < N + Q; k++) cancelled_at_once += j[k].calls == 1 && j[k].err == GW_ECANCELED;
+    for (int k = 0; k < N; k++) early += j[k].calls;
+    int ok = run_until(flag_set, &closed, 10000);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    int alive = uv_loop_alive(&loop);
+    int rows = side_int("SELECT count(*) FROM %s WHERE via = 'many'", s.tbl);
+    bsql_drop(&s);
+
+    assert_true(ok);
+    assert_int_equal(alive, 0);
+    assert_int_equal(nb, 1);
+    assert_int_equal(nj, N);
+    assert_int_equal(cancelled_at_once, Q);
+    assert_int_equal(early, 0);
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(j[k].calls, 1);
+        assert_int_equal(j[k].err, GW_OK);
+        assert_string_equal(j[k].v0, j[k].want);
+    }
+    for (int k = N; k < N + Q; k++) assert_int_equal(j[k].calls, 1);
+    assert_int_equal(rows, N);
+}
+
+/* A row whose index i is NULL belongs to no job: it must not be taken as
+ * job 0's (here it comes before job 0's own row). */
+static void test_batch_null_index(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 4 };
+    bsql_t s;
+    bsql_create(&s, "bnulli", B_NULL_INDEX, 0);
+    gw_pg_t *pg = batch_pool(&s, 1, 8, 64);
+    bjob_t j[N];
+    for (int k = 0; k < N; k++) assert_int_equal(bjob_submit(pg, s.one, &j[k], k, "n", 0), GW_OK);
+    wait_bjobs(j, N, 10000);
+    run_for(50);
+    uint64_t nb, nj;
+    gw_pg_batch_counts(pg, &nb, &nj);
+    close_pool(pg);
+    bsql_drop(&s);
+
+    assert_int_equal(nb, 1);
+    assert_int_equal(nj, N);
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(j[k].calls, 1);
+        assert_int_equal(j[k].err, GW_OK);
+        if (strcmp(j[k].v0, j[k].want) != 0)
+            fail_msg("job %d: got \"%s\", want \"%s\"", k, j[k].v0, j[k].want);
+    }
+}
+
 /* ------------------------------------------------------------------ main */
 
 /* After a test that stops the server: start it again even when the test
@@ -876,6 +1610,15 @@ int main(void)
         cmocka_unit_test(test_migrate_list),
         cmocka_unit_test(test_migrate_concurrent),
         cmocka_unit_test(test_migrate_sync),
+        cmocka_unit_test(test_batch_one_turn),
+        cmocka_unit_test(test_batch_one_transaction),
+        cmocka_unit_test(test_batch_failure_reruns),
+        cmocka_unit_test(test_batch_missing_rows),
+        cmocka_unit_test(test_batch_unique_violation),
+        cmocka_unit_test(test_batch_args),
+        cmocka_unit_test(test_batch_in_flight),
+        cmocka_unit_test(test_batch_close),
+        cmocka_unit_test(test_batch_null_index),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
