@@ -7,13 +7,13 @@
 #   make bench      benchmarks (never part of make test)
 
 CC      ?= cc
-PKGS    := libuv libcurl hiredis libpq libcjson libxml-2.0
+PKGS    := libuv libcurl hiredis libpq libcjson libxml-2.0 zlib
 LLHTTP_SRC_DIR := /usr/share/llhttp
 LLHTTP_INC_DIR := /usr/share/include/llhttp
 
 # Debian package for each thing the build needs (checked by 'make check-deps').
 DEB_BUILD := libuv1-dev libcurl4-openssl-dev libhiredis-dev libpq-dev libcjson-dev \
-             libmbedtls-dev libxml2-dev node-llhttp pkg-config gcc make
+             libmbedtls-dev libxml2-dev zlib1g-dev node-llhttp pkg-config gcc make
 DEB_TEST  := libcmocka-dev postgresql redis-server xmlsec1 openssl curl procps
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \

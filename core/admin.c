@@ -16,6 +16,7 @@
  *   GET  /admin/notifications?status=FAILED merchant notifications by state
  *   POST /admin/notifications/{id}/resend   deliver once more
  *   POST /admin/settlement/redrive          {from_event_id} (settle.c)
+ *   POST /admin/settlement/adjustments      {idempotency_key, corrects, gross?, fee?, cashback?, note, …} (settle.c)
  *   POST /admin/reconcile?channel=&date=[&mch_id=]  the channel's bill as body (settle.c)
  */
 #include "api.h"
@@ -472,6 +473,11 @@ void gw_admin_dispatch(gw_app_t *app, gw_http_req_t *req)
     if (n == 3 && gw_str_eq(seg[1], "settlement") && gw_str_eq(seg[2], "redrive")) {
         req->route = "admin:settlement/redrive";
         if (post) return gw_settle_admin_redrive(app, req);
+        goto not_allowed;
+    }
+    if (n == 3 && gw_str_eq(seg[1], "settlement") && gw_str_eq(seg[2], "adjustments")) {
+        req->route = "admin:settlement/adjustments";
+        if (post) return gw_settle_admin_adjust(app, req);
         goto not_allowed;
     }
     if (n == 2 && gw_str_eq(seg[1], "reconcile")) {

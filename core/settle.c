@@ -19,8 +19,11 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <iconv.h>
 #include <libpq-fe.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <zlib.h>
 
 #define RECONCILE_SQL "SELECT gw_reconcile($1, $2::date, $3, $4, $5::jsonb)"
 
@@ -31,6 +34,7 @@ static const struct {
     { "settle_statement", "SELECT gw_statement($1, $2, $3::date, $4)" },
     { "settle_redrive", "SELECT gw_settle_redrive($1::bigint)" },
     { "settle_reconcile", RECONCILE_SQL },
+    { "settle_adjust", "SELECT gw_settle_adjust($1, $2::bigint, $3::bigint, $4::bigint, $5::bigint, $6, $7)" },
 };
 
 void gw_settle_init(gw_app_t *app)
@@ -232,6 +236,10 @@ void gw_settle_admin_reconcile(gw_app_t *app, gw_http_req_t *req)
         gw_http_respond_error(req, 422, "unsupported_channel", err);
         return;
     }
+    if (rc == GW_ENOMEM || rc == GW_EIO) {
+        gw_http_respond_error(req, 500, "internal", err);
+        return;
+    }
     if (rc != GW_OK) {
         gw_http_respond_error(req, 422, "invalid_bill", err);
         return;
@@ -245,33 +253,183 @@ void gw_settle_admin_reconcile(gw_app_t *app, gw_http_req_t *req)
 }
 
 /* ------------------------------------------------------------------ */
+/* corrections: POST /admin/settlement/adjustments */
+
+#define ADJ_MAX_FEN 10000000000000LL /* 1e13 fen: anything larger is a typo */
+
+/* A JSON integer (fen, or an id) within ±max; 0 when absent or not one. */
+static int json_int(const cJSON *v, int64_t max, int64_t *out)
+{
+    if (!cJSON_IsNumber(v)) return 0;
+    double d = v->valuedouble;
+    if (!(d >= -(double)max && d <= (double)max) || d != (double)(int64_t)d) return 0;
+    *out = (int64_t)d;
+    return 1;
+}
+
+/* A string of 1..max bytes, not only blanks; NULL otherwise. */
+static const char *json_text(const cJSON *v, size_t max)
+{
+    const char *s = cJSON_GetStringValue(v);
+    if (s == NULL || strlen(s) > max || strspn(s, " \t\r\n") == strlen(s)) return NULL;
+    return s;
+}
+
+typedef struct {
+    char key[72], corrects[24], gross[24], fee[24], cashback[24];
+    const char *note, *operator_id;
+} adj_t;
+
+/* Validates the body into a; on failure answers req (400) and returns 0. */
+static int adjust_body(gw_http_req_t *req, const cJSON *b, adj_t *a)
+{
+    static const char *const known[] = { "idempotency_key", "corrects", "gross", "fee", "cashback", "net",
+                                         "note", "operator_id" };
+    static const char *const money[] = { "gross", "fee", "cashback" };
+    char *const dst[] = { a->gross, a->fee, a->cashback };
+    char msg[200];
+    const cJSON *it;
+    int64_t v[3] = { 0, 0, 0 }, id, net;
+    const char *key = json_text(cJSON_GetObjectItemCaseSensitive(b, "idempotency_key"), 64);
+    cJSON_ArrayForEach(it, b) {
+        size_t i = 0;
+        while (i < GW_ARRAY_SIZE(known) && strcmp(it->string, known[i])) i++;
+        if (i == GW_ARRAY_SIZE(known)) {
+            snprintf(msg, sizeof(msg), "unknown field \"%.40s\"", it->string);
+            goto bad;
+        }
+    }
+    if (key == NULL || strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:") != strlen(key)) {
+        snprintf(msg, sizeof(msg), "idempotency_key (1-64 characters [A-Za-z0-9_.:-]) is required");
+        goto bad;
+    }
+    if (!json_int(cJSON_GetObjectItemCaseSensitive(b, "corrects"), 1000000000000000LL, &id) || id <= 0) {
+        snprintf(msg, sizeof(msg), "corrects (the id of the settlement entry corrected, an integer) is required");
+        goto bad;
+    }
+    for (size_t i = 0; i < GW_ARRAY_SIZE(money); i++) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(b, money[i]);
+        if (m && !json_int(m, ADJ_MAX_FEN, &v[i])) {
+            snprintf(msg, sizeof(msg), "%s must be an integer amount of fen (signed, |%s| < 1e13)", money[i], money[i]);
+            goto bad;
+        }
+        snprintf(dst[i], 24, "%lld", (long long)v[i]);
+    }
+    if (v[0] == 0 && v[1] == 0 && v[2] == 0) {
+        snprintf(msg, sizeof(msg), "an adjustment needs a non-zero gross, fee or cashback (integer fen)");
+        goto bad;
+    }
+    it = cJSON_GetObjectItemCaseSensitive(b, "net");
+    if (it && (!json_int(it, 3 * ADJ_MAX_FEN, &net) || net != v[0] - v[1] + v[2])) {
+        snprintf(msg, sizeof(msg), "net, when given, must be the integer gross - fee + cashback (%lld)",
+                 (long long)(v[0] - v[1] + v[2]));
+        goto bad;
+    }
+    a->note = json_text(cJSON_GetObjectItemCaseSensitive(b, "note"), 1000);
+    if (a->note == NULL) {
+        snprintf(msg, sizeof(msg), "note (why the entry is corrected, 1-1000 bytes) is required");
+        goto bad;
+    }
+    it = cJSON_GetObjectItemCaseSensitive(b, "operator_id");
+    a->operator_id = json_text(it, 64);
+    if (it && a->operator_id == NULL) {
+        snprintf(msg, sizeof(msg), "operator_id must be a string of 1-64 bytes");
+        goto bad;
+    }
+    snprintf(a->key, sizeof(a->key), "%s", key);
+    snprintf(a->corrects, sizeof(a->corrects), "%lld", (long long)id);
+    return 1;
+bad:
+    gw_http_respond_error(req, 400, "invalid_request", msg);
+    return 0;
+}
+
+static void adjust_cb(void *udata, gw_err_t err, cJSON *j)
+{
+    gw_http_req_t *req = udata;
+    const char *st = gw_jstr(j, "status");
+    if (err != GW_OK || st == NULL) {
+        respond_db_error(req, err != GW_OK ? err : GW_EPARSE);
+        return;
+    }
+    if (strcmp(st, "unknown_entry") == 0) {
+        gw_http_respond_error(req, 422, "unknown_entry", "corrects names no settlement entry");
+        return;
+    }
+    const cJSON *entry = cJSON_GetObjectItemCaseSensitive(j, "entry");
+    if (strcmp(st, "conflict") == 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "idempotency_key was already used for another adjustment (entry %lld)",
+                 (long long)gw_jint(entry, "id"));
+        gw_http_respond_error(req, 409, "conflict", msg);
+        return;
+    }
+    int created = strcmp(st, "created") == 0;
+    if (created)
+        gw_log(GW_LOG_NOTICE, "settlement: adjustment %lld of entry %lld booked", (long long)gw_jint(entry, "id"),
+               (long long)gw_jint(entry, "corrects"));
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddBoolToObject(out, "ok", 1);
+    cJSON_AddBoolToObject(out, "replayed", !created);
+    cJSON_AddItemToObject(out, "entry", cJSON_Duplicate(entry, 1));
+    gw_respond_json(req, created ? 201 : 200, out);
+}
+
+void gw_settle_admin_adjust(gw_app_t *app, gw_http_req_t *req)
+{
+    cJSON *b = cJSON_ParseWithLength(req->body.data ? req->body.data : "", req->body.len);
+    adj_t a;
+    if (!cJSON_IsObject(b)) {
+        gw_http_respond_error(req, 400, "invalid_request", "the body must be a JSON object");
+    } else if (adjust_body(req, b, &a)) {
+        const char *v[] = { a.key, a.corrects, a.gross, a.fee, a.cashback, a.note, a.operator_id };
+        gw_err_t rc = gw_pg_json(app, "settle_adjust", 7, v, adjust_cb, req);
+        if (rc != GW_OK) respond_db_error(req, rc);
+    }
+    cJSON_Delete(b);
+}
+
+/* ------------------------------------------------------------------ */
 /* bills */
 
-/* "12.34" / "12.3" / "12" (yuan) → fen; 0 when malformed. */
-static int yuan_to_fen(const char *s, size_t n, int64_t *out)
+/* A decimal "12.34" / "-0.5" / "12" → an integer in units of 10^-scale
+ * (scale 2: yuan → fen); at most `scale` decimals, no exponent, blanks
+ * around allowed, a leading '-' only when allow_neg.  0 when malformed. */
+static int decimal_parse(const char *s, size_t n, int scale, int allow_neg, int64_t *out)
 {
     while (n && (*s == ' ' || *s == '\t')) s++, n--;
     while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) n--;
+    int neg = n && *s == '-';
+    if (neg && !allow_neg) return 0;
+    s += neg, n -= neg;
     int64_t v = 0;
     size_t i = 0, int_digits = 0;
     for (; i < n && s[i] >= '0' && s[i] <= '9'; i++, int_digits++) {
-        if (int_digits >= 13) return 0;
+        if (int_digits >= 13 || (scale > 5 && int_digits >= 18 - (size_t)scale)) return 0;
         v = v * 10 + (s[i] - '0');
     }
     if (int_digits == 0) return 0;
-    int frac = 0, frac_digits = 0;
+    int64_t frac = 0;
+    int frac_digits = 0;
     if (i < n && s[i] == '.') {
         for (i++; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
-            if (++frac_digits > 2) return 0;
+            if (++frac_digits > scale) return 0;
             frac = frac * 10 + (s[i] - '0');
         }
         if (frac_digits == 0) return 0;
     }
     if (i != n) return 0;
-    if (frac_digits == 1) frac *= 10;
-    *out = v * 100 + frac;
+    for (int k = 0; k < scale; k++) v *= 10;
+    for (; frac_digits < scale; frac_digits++) frac *= 10;
+    *out = neg ? -(v + frac) : v + frac;
     return 1;
 }
+
+/* "12.34" / "12.3" / "12" (yuan) → fen; 0 when malformed (or negative). */
+static int yuan_to_fen(const char *s, size_t n, int64_t *out) { return decimal_parse(s, n, 2, 0, out); }
+
+/* The same, a leading '-' allowed ("-0.01": refund lines, fees returned). */
+static int signed_yuan_to_fen(const char *s, size_t n, int64_t *out) { return decimal_parse(s, n, 2, 1, out); }
 
 typedef struct {
     const char *p;
@@ -301,17 +459,24 @@ static int split_fields(const char *line, size_t len, span_t *f, int max)
     return n;
 }
 
+/* s without surrounding blanks (spaces, tabs: Alipay ends values with a tab). */
+static span_t span_trim(span_t s)
+{
+    while (s.n && (s.p[0] == ' ' || s.p[0] == '\t')) s.p++, s.n--;
+    while (s.n && (s.p[s.n - 1] == ' ' || s.p[s.n - 1] == '\t')) s.n--;
+    return s;
+}
+
 static int span_eq(span_t s, const char *lit)
 {
-    while (s.n && (s.p[0] == ' ' || s.p[0] == '`')) s.p++, s.n--;
-    while (s.n && s.p[s.n - 1] == ' ') s.n--;
+    while (s.n && (s.p[0] == ' ' || s.p[0] == '\t' || s.p[0] == '`')) s.p++, s.n--;
+    s = span_trim(s);
     return s.n == strlen(lit) && memcmp(s.p, lit, s.n) == 0;
 }
 
 static char *span_dup(span_t s)
 {
-    while (s.n && s.p[0] == ' ') s.p++, s.n--;
-    while (s.n && s.p[s.n - 1] == ' ') s.n--;
+    s = span_trim(s);
     char *r = malloc(s.n + 1);
     if (r) {
         memcpy(r, s.p, s.n);
@@ -504,6 +669,23 @@ static int span_count(span_t s, int64_t *out)
     return ok;
 }
 
+/* The summary's fee total (yuan, signed, any number of decimals up to six)
+ * against the lines' sum in micro-yuan, rounded half away from zero to the
+ * summary's own number of decimals (the lines may carry more). */
+static int fee_total_matches(span_t total, int64_t sum_micro)
+{
+    int64_t t;
+    span_t s = span_trim(total);
+    if (!decimal_parse(s.p, s.n, 6, 1, &t)) return 0;
+    const char *dot = memchr(s.p, '.', s.n);
+    int decimals = dot ? (int)(s.p + s.n - dot - 1) : 0;
+    int64_t unit = 1;
+    for (int i = decimals; i < 6; i++) unit *= 10;
+    int64_t mag = sum_micro < 0 ? -sum_micro : sum_micro;
+    int64_t rounded = (mag + unit / 2) / unit * unit;
+    return t == (sum_micro < 0 ? -rounded : rounded);
+}
+
 /*
  * WeChat Pay (微信支付) trade bill, as GET /v3/bill/tradebill (bill_type=ALL)
  * lets one download it (and test/sim/wechatpay.js GET /_sim/bill produces
@@ -518,23 +700,26 @@ static int span_count(span_t s, int64_t *out)
  * Columns are found by title.  A payment is matched by 订单金额 (the order's
  * total, as we booked it), a refund by 申请退款金额 (the amount we asked for);
  * only SUCCESS payments and refunds whose 退款状态 is SUCCESS are matched.  The
- * summary's count and its 应结订单总金额, 退款总金额, 订单总金额 and 申请退款总金额
- * must equal the sums over the lines, or the file is refused.
+ * summary's count and its 应结订单总金额, 退款总金额, 订单总金额, 申请退款总金额 and
+ * 充值券退款总金额 must equal the sums over the lines, and 手续费总金额 the sum of
+ * 手续费 (signed, up to six decimals, rounded to the summary's decimals), or
+ * the file is refused.
  */
 static gw_err_t bill_wechatpay(const char *text, size_t len, cJSON **rows_out, char *err, size_t errlen)
 {
     enum { C_TIME, C_MCH, C_TXN, C_OUT_TRADE, C_STATE, C_SETTLE, C_OUT_REFUND, C_REFUND, C_REFUND_STATE,
-           C_TOTAL, C_ASK, C_N };
+           C_TOTAL, C_ASK, C_VOUCHER, C_FEE, C_N };
     static const char *const titles[C_N] = { "交易时间", "商户号", "微信订单号", "商户订单号", "交易状态",
                                              "应结订单金额", "商户退款单号", "退款金额", "退款状态",
-                                             "订单金额", "申请退款金额" };
-    /* the summary: the count, then the sums of the money columns above */
-    enum { S_COUNT, S_SETTLE, S_REFUND, S_TOTAL, S_ASK, S_N };
+                                             "订单金额", "申请退款金额", "充值券退款金额", "手续费" };
+    /* the summary: the count, then the sums of the money columns above; the
+     * fee (S_FEE, signed, maybe more than two decimals) is summed apart */
+    enum { S_COUNT, S_SETTLE, S_REFUND, S_TOTAL, S_ASK, S_VOUCHER, S_FEE, S_N };
     static const char *const sum_titles[S_N] = { "总交易单数", "应结订单总金额", "退款总金额", "订单总金额",
-                                                 "申请退款总金额" };
-    static const int sum_of[S_N] = { -1, C_SETTLE, C_REFUND, C_TOTAL, C_ASK };
+                                                 "申请退款总金额", "充值券退款总金额", "手续费总金额" };
+    static const int sum_of[S_N] = { -1, C_SETTLE, C_REFUND, C_TOTAL, C_ASK, C_VOUCHER, C_FEE };
     int col[C_N], scol[S_N];
-    int64_t sums[S_N] = { 0 };
+    int64_t sums[S_N] = { 0 }; /* S_FEE in micro-yuan */
     int ncols = 0;
     span_t f[BILL_MAX_COLS];
     cJSON *rows = cJSON_CreateArray();
@@ -585,13 +770,17 @@ static gw_err_t bill_wechatpay(const char *text, size_t len, cJSON **rows_out, c
         if (state == 2) { /* the summary values */
             int64_t v[S_N];
             int ok = n > scol[S_COUNT] && span_count(f[scol[S_COUNT]], &v[S_COUNT]);
-            for (int s = 1; ok && s < S_N; s++)
+            for (int s = 1; ok && s < S_FEE; s++)
                 ok = n > scol[s] && yuan_to_fen(f[scol[s]].p, f[scol[s]].n, &v[s]);
-            if (!ok) {
+            if (!ok || n <= scol[S_FEE]) {
                 snprintf(err, errlen, "line %d: malformed summary values", lineno);
                 goto bad;
             }
-            for (int s = 0; s < S_N; s++)
+            if (!fee_total_matches(f[scol[S_FEE]], sums[S_FEE])) {
+                snprintf(err, errlen, "the summary's 手续费总金额 does not match the lines' 手续费: truncated or altered file");
+                goto bad;
+            }
+            for (int s = 0; s < S_FEE; s++)
                 if (v[s] != sums[s]) {
                     snprintf(err, errlen,
                              "the summary's %s (%lld%s) does not match the lines (%lld): truncated or "
@@ -614,7 +803,7 @@ static gw_err_t bill_wechatpay(const char *text, size_t len, cJSON **rows_out, c
         int64_t money[S_N] = { 0 };
         for (int s = 1; s < S_N; s++) {
             span_t a = f[col[sum_of[s]]];
-            if (!yuan_to_fen(a.p, a.n, &money[s])) {
+            if (s == S_FEE ? !decimal_parse(a.p, a.n, 6, 1, &money[s]) : !yuan_to_fen(a.p, a.n, &money[s])) {
                 snprintf(err, errlen, "line %d: malformed %s \"%.*s\"", lineno, titles[sum_of[s]],
                          (int)(a.n > 32 ? 32 : a.n), a.p);
                 goto bad;
@@ -657,6 +846,672 @@ bad:
     return GW_EPARSE;
 }
 
+/* Splits a plain CSV line (RFC 4180 quoting: a comma inside "…" does not
+ * split; the span of a quoted field excludes the quotes, a doubled quote
+ * inside stays doubled).  -1 when there are more than max fields. */
+static int split_csv(const char *line, size_t len, span_t *f, int max)
+{
+    int n = 0;
+    const char *p = line, *end = line + len;
+    for (;;) {
+        const char *q = p;
+        span_t v;
+        while (q < end && (*q == ' ' || *q == '\t')) q++;
+        if (q < end && *q == '"') {
+            const char *s = ++q;
+            while (q < end && !(*q == '"' && !(q + 1 < end && q[1] == '"'))) q += (*q == '"') ? 2 : 1;
+            v = (span_t){ s, (size_t)(q - s) };
+            while (q < end && *q != ',') q++;
+        } else {
+            q = p;
+            while (q < end && *q != ',') q++;
+            v = (span_t){ p, (size_t)(q - p) };
+        }
+        if (n >= max) return -1;
+        f[n++] = v;
+        if (q >= end) break;
+        p = q + 1;
+    }
+    return n;
+}
+
+/* The first match of the NUL-terminated lit in [p, p + n); NULL when none. */
+static const char *find_in(const char *p, size_t n, const char *lit)
+{
+    return memmem(p, n, lit, strlen(lit));
+}
+
+/* Whole digits [p, end) → *out (at most 15 digits, no sign); 0 when malformed. */
+static int span_uint(span_t s, int64_t *out)
+{
+    s = span_trim(s);
+    if (s.n == 0 || s.n > 15 || (s.n > 1 && s.p[0] == '0')) return 0;
+    int64_t v = 0;
+    for (size_t i = 0; i < s.n; i++) {
+        if (s.p[i] < '0' || s.p[i] > '9') return 0;
+        v = v * 10 + (s.p[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* zip archives (Alipay's bill) — read with zlib: the end-of-central-
+ * directory record, the central directory, each entry's local header, raw
+ * inflate.  Every size is checked against the archive and a hard cap before
+ * anything is allocated or inflated: a truncated archive, an oversized entry
+ * or one that inflates beyond its declared size (a zip bomb) is refused. */
+
+#define ZIP_MAX_ENTRIES 64
+#define ZIP_MAX_ENTRY_BYTES (64u << 20) /* uncompressed, per entry */
+
+typedef struct {
+    char name[256]; /* UTF-8 (GBK names converted) */
+    unsigned flags, method;
+    uint32_t crc, csize, usize, local;
+} zip_entry_t;
+
+static uint32_t rd16(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+static uint32_t rd32(const unsigned char *p) { return rd16(p) | rd16(p + 2) << 16; }
+
+/* The end-of-central-directory record: the last "PK\5\6" whose comment
+ * ends the archive.  Gives the central directory's offset and entry count. */
+static gw_err_t zip_eocd(const unsigned char *z, size_t len, uint32_t *cd_off, uint32_t *count, char *err,
+                         size_t errlen)
+{
+    size_t lowest = len > 22 + 65535 ? len - 22 - 65535 : 0;
+    for (size_t i = len >= 22 ? len - 22 + 1 : 0; i-- > lowest;) {
+        if (memcmp(z + i, "PK\5\6", 4) != 0 || i + 22 + rd16(z + i + 20) != len) continue;
+        uint32_t size = rd32(z + i + 12), off = rd32(z + i + 16);
+        *count = rd16(z + i + 10);
+        if (rd16(z + i + 4) != 0 || rd16(z + i + 6) != 0 || *count != rd16(z + i + 8)) {
+            snprintf(err, errlen, "a multi-part zip archive is not supported");
+            return GW_EPARSE;
+        }
+        if (*count == 0xFFFF || off == 0xFFFFFFFFu || size == 0xFFFFFFFFu) {
+            snprintf(err, errlen, "a ZIP64 archive is not supported");
+            return GW_EPARSE;
+        }
+        if ((uint64_t)off + size > i) {
+            snprintf(err, errlen, "the zip's central directory lies outside the archive: truncated or corrupt");
+            return GW_EPARSE;
+        }
+        *cd_off = off;
+        return GW_OK;
+    }
+    snprintf(err, errlen, "no zip end-of-central-directory record: a truncated or corrupt archive");
+    return GW_EPARSE;
+}
+
+static gw_err_t gbk_to_utf8(const char *in, size_t n, char **out, size_t *outlen, char *err, size_t errlen);
+
+/* The central-directory entry at *pos (advanced past it). */
+static gw_err_t zip_entry(const unsigned char *z, size_t len, size_t *pos, zip_entry_t *e, char *err,
+                          size_t errlen)
+{
+    size_t p = *pos;
+    if (p + 46 > len || memcmp(z + p, "PK\1\2", 4) != 0) {
+        snprintf(err, errlen, "a corrupt zip central directory (entry at %zu)", p);
+        return GW_EPARSE;
+    }
+    size_t nlen = rd16(z + p + 28), xlen = rd16(z + p + 30), clen = rd16(z + p + 32);
+    if (p + 46 + nlen + xlen + clen > len) {
+        snprintf(err, errlen, "a corrupt zip central directory (entry at %zu)", p);
+        return GW_EPARSE;
+    }
+    e->flags = rd16(z + p + 8);
+    e->method = rd16(z + p + 10);
+    e->crc = rd32(z + p + 16);
+    e->csize = rd32(z + p + 20);
+    e->usize = rd32(z + p + 24);
+    e->local = rd32(z + p + 42);
+    e->name[0] = '\0';
+    const char *raw = (const char *)z + p + 46;
+    char *u = NULL;
+    size_t ulen = 0;
+    char ignored[64];
+    if (e->flags & 0x800) { /* the UTF-8 flag: the name is UTF-8 already */
+        snprintf(e->name, sizeof(e->name), "%.*s", (int)nlen, raw);
+    } else if (gbk_to_utf8(raw, nlen, &u, &ulen, ignored, sizeof(ignored)) == GW_OK) {
+        snprintf(e->name, sizeof(e->name), "%.*s", (int)ulen, u); /* Alipay: GBK, no flag */
+    }
+    free(u);
+    *pos = p + 46 + nlen + xlen + clen;
+    return GW_OK;
+}
+
+static int str_ends(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && memcmp(s + n - m, suffix, m) == 0;
+}
+
+/* The one entry whose name holds `want` and ends in ".csv", but not `unless`. */
+static gw_err_t zip_find(const unsigned char *z, size_t len, const char *want, const char *unless,
+                         zip_entry_t *found, char *err, size_t errlen)
+{
+    uint32_t cd, count;
+    gw_err_t rc = zip_eocd(z, len, &cd, &count, err, errlen);
+    if (rc != GW_OK) return rc;
+    if (count > ZIP_MAX_ENTRIES) {
+        snprintf(err, errlen, "the zip has %u entries (at most %d)", count, ZIP_MAX_ENTRIES);
+        return GW_EPARSE;
+    }
+    int hits = 0;
+    size_t pos = cd;
+    for (uint32_t i = 0; i < count; i++) {
+        zip_entry_t e;
+        if ((rc = zip_entry(z, len, &pos, &e, err, errlen)) != GW_OK) return rc;
+        if (!str_ends(e.name, ".csv") || !strstr(e.name, want) || strstr(e.name, unless)) continue;
+        *found = e;
+        hits++;
+    }
+    if (hits != 1) {
+        snprintf(err, errlen, "the zip holds %s CSV file named …%s.csv (it must hold exactly one)",
+                 hits ? "more than one" : "no", want);
+        return GW_EPARSE;
+    }
+    return GW_OK;
+}
+
+/* The bytes of entry e, inflated and CRC-checked (*out is malloc'ed). */
+static gw_err_t zip_read(const unsigned char *z, size_t len, const zip_entry_t *e, char **out, size_t *outlen,
+                         char *err, size_t errlen)
+{
+    if (e->flags & 1) {
+        snprintf(err, errlen, "zip entry %s is encrypted", e->name);
+        return GW_EPARSE;
+    }
+    if (e->method != 0 && e->method != 8) {
+        snprintf(err, errlen, "zip entry %s uses compression method %u (only stored and deflate)", e->name,
+                 e->method);
+        return GW_EPARSE;
+    }
+    if (e->usize > ZIP_MAX_ENTRY_BYTES || (e->method == 0 && e->csize != e->usize)) {
+        snprintf(err, errlen, "zip entry %s declares %u bytes uncompressed (at most %u): refused", e->name,
+                 e->usize, ZIP_MAX_ENTRY_BYTES);
+        return GW_EPARSE;
+    }
+    size_t p = e->local;
+    if (p + 30 > len || memcmp(z + p, "PK\3\4", 4) != 0) {
+        snprintf(err, errlen, "zip entry %s: no local header where the directory says", e->name);
+        return GW_EPARSE;
+    }
+    size_t data = p + 30 + rd16(z + p + 26) + rd16(z + p + 28);
+    if (data > len || e->csize > len - data) {
+        snprintf(err, errlen, "zip entry %s: its data runs past the end of the archive (truncated)", e->name);
+        return GW_EPARSE;
+    }
+    char *buf = malloc((size_t)e->usize + 1);
+    if (buf == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return GW_ENOMEM;
+    }
+    size_t got = e->csize;
+    int ok = 1;
+    if (e->method == 0) {
+        memcpy(buf, z + data, e->csize);
+    } else {
+        z_stream s;
+        memset(&s, 0, sizeof(s));
+        s.next_in = (Bytef *)(uintptr_t)(z + data);
+        s.avail_in = e->csize;
+        s.next_out = (Bytef *)buf;
+        s.avail_out = e->usize + 1; /* one byte more than declared: catches an overrun */
+        ok = inflateInit2(&s, -MAX_WBITS) == Z_OK;
+        int zr = ok ? inflate(&s, Z_FINISH) : Z_MEM_ERROR;
+        const char *zmsg = s.msg; /* a static string of zlib's */
+        got = s.total_out;
+        if (ok) inflateEnd(&s);
+        if (got > e->usize) {
+            snprintf(err, errlen, "zip entry %s inflates beyond its declared %u bytes: refused", e->name, e->usize);
+            ok = 0;
+        } else if (zr != Z_STREAM_END) {
+            snprintf(err, errlen, "zip entry %s: corrupt or truncated deflate data (%s)", e->name,
+                     zmsg ? zmsg : "incomplete");
+            ok = 0;
+        }
+    }
+    if (ok && (got != e->usize || crc32(0L, (const Bytef *)buf, (uInt)got) != e->crc)) {
+        snprintf(err, errlen, "zip entry %s: size or CRC-32 does not match the directory: corrupt", e->name);
+        ok = 0;
+    }
+    if (!ok) {
+        free(buf);
+        return GW_EPARSE;
+    }
+    *out = buf;
+    *outlen = got;
+    return GW_OK;
+}
+
+/* GBK bytes → UTF-8 (iconv; *out is malloc'ed and NUL-terminated).  Read as
+ * GB18030, GBK's superset: every GBK text reads the same, and a rare
+ * character beyond GBK (a four-byte sequence, say in a buyer's name) does
+ * not make the whole bill unreadable. */
+static gw_err_t gbk_to_utf8(const char *in, size_t n, char **out, size_t *outlen, char *err, size_t errlen)
+{
+    iconv_t cd = iconv_open("UTF-8", "GB18030");
+    if (cd == (iconv_t)-1) {
+        snprintf(err, errlen, "iconv cannot convert GBK: %s", strerror(errno));
+        return GW_EIO;
+    }
+    size_t cap = 2 * n + 1; /* 1, 2 or 4 bytes of GB18030 are at most 1, 3 or 4 of UTF-8 */
+    char *buf = malloc(cap);
+    gw_err_t rc = GW_OK;
+    if (buf == NULL) {
+        snprintf(err, errlen, "out of memory");
+        rc = GW_ENOMEM;
+    } else {
+        char *ip = (char *)(uintptr_t)in, *op = buf;
+        size_t il = n, ol = cap - 1;
+        if (iconv(cd, &ip, &il, &op, &ol) == (size_t)-1) {
+            snprintf(err, errlen, "not GBK text (byte %zu): %s", (size_t)(ip - in), strerror(errno));
+            rc = GW_EPARSE;
+        }
+        *op = '\0';
+        *outlen = (size_t)(op - buf);
+    }
+    iconv_close(cd);
+    if (rc != GW_OK) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    return GW_OK;
+}
+
+/*
+ * Alipay (支付宝) trade bill: the zip that alipay.data.dataservice.bill.
+ * downloadurl.query (bill_type trade) points to, holding GBK CSV files
+ * "<pid>_<date>_业务明细.csv" (read here) and "…_业务明细(汇总).csv" (not
+ * read).  The details file (see docs/channels/alipay.md "Bill" for sources):
+ *   #支付宝业务明细查询 / #账号：[<pid>0156] / #起始日期：… comment lines;
+ *   #-----…业务明细列表-----…
+ *   the column titles (支付宝交易号,商户订单号,业务类型,…,订单金额（元）,
+ *   商家实收（元）,…,商家优惠（元）,…,退款批次号/请求号,服务费（元）,…,备注);
+ *   one line per trade (业务类型 交易) or refund (业务类型 退款, its amounts
+ *   negative), values often followed by a tab;
+ *   #-----…业务明细列表结束-----…
+ *   #交易合计：N笔，商家实收共X元，商家优惠共Y元
+ *   #退款合计：N笔，商家实收退款共X元，商家优惠退款共Y元
+ *   #导出时间：[…]
+ * A trade is matched by 商户订单号 (our trade_no) and 订单金额; a refund by
+ * 退款批次号/请求号 (the out_request_no the module sends: our refund_no) and
+ * −订单金额.  Both totals lines must agree with the lines (count, 商家实收
+ * and 商家优惠 sums), and the end marker must be there: a truncated or altered
+ * file is refused.
+ */
+enum { AP_TXN, AP_OTN, AP_TYPE, AP_DONE, AP_AMOUNT, AP_RECEIVED, AP_DISCOUNT, AP_REQ, AP_N };
+
+typedef struct {
+    int col[AP_N];
+    int ncols;
+    int state;       /* 0 before the title line, 1 lines, 2 after the end marker */
+    char pid[17];    /* from #账号：[…] */
+    int64_t n[2], received[2], discount[2];    /* over the lines: [0] 交易, [1] 退款 */
+    int64_t tn[2], treceived[2], tdiscount[2]; /* as the totals lines state them */
+    int has_discount[2], seen[2];
+} ap_bill_t;
+
+/* "#交易合计：6笔，商家实收共0.06元，商家优惠共0.00元" (k 0) or "#退款合计：…" (k 1). */
+static gw_err_t ap_totals(ap_bill_t *b, int k, const char *line, size_t len, int lineno, char *err,
+                          size_t errlen)
+{
+    const char *end = line + len, *p = find_in(line, len, "合计") + strlen("合计");
+    if (b->state != 2 || b->seen[k]) {
+        snprintf(err, errlen, "line %d: a totals line out of place", lineno);
+        return GW_EPARSE;
+    }
+    if ((size_t)(end - p) >= 3 && memcmp(p, "：", 3) == 0) p += 3;
+    else if (p < end && *p == ':') p++;
+    const char *q = p;
+    while (q < end && *q >= '0' && *q <= '9') q++;
+    const char *unit = find_in(q, (size_t)(end - q), "元");
+    const char *gong = find_in(q, (size_t)(end - q), "共");
+    int ok = span_uint((span_t){ p, (size_t)(q - p) }, &b->tn[k]) && (size_t)(end - q) >= 3 &&
+             memcmp(q, "笔", 3) == 0 && gong && unit && gong < unit &&
+             signed_yuan_to_fen(gong + 3, (size_t)(unit - gong - 3), &b->treceived[k]);
+    if (ok && (gong = find_in(unit, (size_t)(end - unit), "共")) != NULL) { /* 商家优惠共Y元 */
+        unit = find_in(gong, (size_t)(end - gong), "元");
+        ok = unit && signed_yuan_to_fen(gong + 3, (size_t)(unit - gong - 3), &b->tdiscount[k]);
+        b->has_discount[k] = 1;
+    }
+    if (!ok) {
+        snprintf(err, errlen, "line %d: malformed totals line (N笔，…共X元，…共Y元 expected)", lineno);
+        return GW_EPARSE;
+    }
+    b->seen[k] = 1;
+    return GW_OK;
+}
+
+/* A comment line: the account, the end marker, the totals; others are ignored. */
+static gw_err_t ap_comment(ap_bill_t *b, const char *line, size_t len, int lineno, char *err, size_t errlen)
+{
+    if (find_in(line, len, "业务明细列表结束")) {
+        if (b->state != 1) {
+            snprintf(err, errlen, "line %d: the end marker before any column titles", lineno);
+            return GW_EPARSE;
+        }
+        b->state = 2;
+        return GW_OK;
+    }
+    if (find_in(line, len, "交易合计")) return ap_totals(b, 0, line, len, lineno, err, errlen);
+    if (find_in(line, len, "退款合计")) return ap_totals(b, 1, line, len, lineno, err, errlen);
+    const char *a = find_in(line, len, "账号");
+    const char *open = a ? memchr(a, '[', (size_t)(line + len - a)) : NULL;
+    if (open && line + len - open > 16) { /* [<16-digit pid><4 digits>] */
+        memcpy(b->pid, open + 1, 16);
+        b->pid[16] = '\0';
+        for (int i = 0; i < 16; i++)
+            if (b->pid[i] < '0' || b->pid[i] > '9') b->pid[0] = '\0';
+    }
+    return GW_OK;
+}
+
+/* The column titles: the literal, or with ASCII parentheses ("订单金额(元)"). */
+static gw_err_t ap_title(ap_bill_t *b, const span_t *f, int n, int lineno, char *err, size_t errlen)
+{
+    static const char *const titles[AP_N] = { "支付宝交易号", "商户订单号", "业务类型", "完成时间",
+                                             "订单金额（元）", "商家实收（元）", "商家优惠（元）",
+                                             "退款批次号/请求号" };
+    static const char *const ascii[AP_N] = { "支付宝交易号", "商户订单号", "业务类型", "完成时间",
+                                            "订单金额(元)", "商家实收(元)", "商家优惠(元)", "退款批次号/请求号" };
+    int alt[AP_N];
+    find_columns(f, n, titles, AP_N, b->col);
+    find_columns(f, n, ascii, AP_N, alt);
+    for (int c = 0; c < AP_N; c++) {
+        if (b->col[c] < 0) b->col[c] = alt[c];
+        if (b->col[c] < 0) {
+            snprintf(err, errlen, "line %d: no column \"%s\" (not an Alipay 业务明细 file?)", lineno, titles[c]);
+            return GW_EPARSE;
+        }
+    }
+    b->ncols = n;
+    b->state = 1;
+    return GW_OK;
+}
+
+/* One trade or refund line → a row. */
+static gw_err_t ap_line(ap_bill_t *b, cJSON *rows, const span_t *f, int n, int lineno, char *err, size_t errlen)
+{
+    if (n != b->ncols) {
+        snprintf(err, errlen, "line %d: %d columns, the title line has %d", lineno, n, b->ncols);
+        return GW_EPARSE;
+    }
+    span_t type = f[b->col[AP_TYPE]];
+    int k = span_eq(type, "交易") ? 0 : span_eq(type, "退款") ? 1 : -1;
+    int64_t amount, received, discount;
+    if (k < 0) {
+        type = span_trim(type); /* quoted whole or not at all: no UTF-8 sequence cut in two */
+        snprintf(err, errlen, "line %d: unknown 业务类型 \"%.*s\" (交易 or 退款)", lineno, (int)(type.n > 32 ? 0 : type.n),
+                 type.p);
+        return GW_EPARSE;
+    }
+    if (!signed_yuan_to_fen(f[b->col[AP_AMOUNT]].p, f[b->col[AP_AMOUNT]].n, &amount) ||
+        !signed_yuan_to_fen(f[b->col[AP_RECEIVED]].p, f[b->col[AP_RECEIVED]].n, &received) ||
+        !signed_yuan_to_fen(f[b->col[AP_DISCOUNT]].p, f[b->col[AP_DISCOUNT]].n, &discount) ||
+        (k == 0 ? amount < 0 : amount > 0)) {
+        snprintf(err, errlen, "line %d: malformed amounts (订单金额 of a %s is %s)", lineno, k ? "退款" : "交易",
+                 k ? "negative" : "not negative");
+        return GW_EPARSE;
+    }
+    b->n[k]++;
+    b->received[k] += received;
+    b->discount[k] += discount;
+    cJSON *r = cJSON_CreateObject();
+    if (r == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return GW_ENOMEM;
+    }
+    cJSON_AddItemToArray(rows, r);
+    cJSON_AddStringToObject(r, "kind", k ? "refund" : "pay");
+    add_span(r, "trade_no", f[b->col[AP_OTN]]);
+    if (k) add_span(r, "refund_no", f[b->col[AP_REQ]]); /* absent: a refund that is not ours */
+    cJSON_AddNumberToObject(r, "amount", (double)(k ? -amount : amount));
+    cJSON_AddStringToObject(r, "status", "SUCCESS");
+    if (b->pid[0]) cJSON_AddStringToObject(r, "mch_id", b->pid);
+    add_span(r, "channel_trade_no", f[b->col[AP_TXN]]);
+    add_span(r, "time", f[b->col[AP_DONE]]);
+    if (!cJSON_GetObjectItemCaseSensitive(r, "trade_no")) {
+        snprintf(err, errlen, "line %d: no 商户订单号", lineno);
+        return GW_EPARSE;
+    }
+    return GW_OK;
+}
+
+/* The totals lines against the lines. */
+static gw_err_t ap_check(const ap_bill_t *b, char *err, size_t errlen)
+{
+    static const char *const what[2] = { "#交易合计", "#退款合计" };
+    if (b->state != 2) {
+        snprintf(err, errlen, b->state ? "no end marker (…业务明细列表结束…): truncated file"
+                                       : "no column titles: not an Alipay 业务明细 file");
+        return GW_EPARSE;
+    }
+    for (int k = 0; k < 2; k++) {
+        if (!b->seen[k]) {
+            snprintf(err, errlen, "no %s line: truncated file", what[k]);
+            return GW_EPARSE;
+        }
+        if (b->tn[k] != b->n[k] || b->treceived[k] != b->received[k] ||
+            (b->has_discount[k] && b->tdiscount[k] != b->discount[k])) {
+            snprintf(err, errlen,
+                     "%s (%lld lines, 商家实收 %lld fen, 商家优惠 %lld fen) does not match the lines (%lld, %lld, %lld): "
+                     "truncated or altered file",
+                     what[k], (long long)b->tn[k], (long long)b->treceived[k], (long long)b->tdiscount[k],
+                     (long long)b->n[k], (long long)b->received[k], (long long)b->discount[k]);
+            return GW_EPARSE;
+        }
+    }
+    return GW_OK;
+}
+
+/* The 业务明细 text (UTF-8) → rows. */
+static gw_err_t ap_parse(const char *text, size_t len, cJSON *rows, char *err, size_t errlen)
+{
+    ap_bill_t b;
+    memset(&b, 0, sizeof(b));
+    span_t f[BILL_MAX_COLS];
+    const char *p = text, *end = text + len, *line;
+    size_t ll;
+    int lineno = 0;
+    if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;
+    while (next_line(&p, end, &line, &ll)) {
+        lineno++;
+        gw_err_t rc = GW_OK;
+        span_t whole = span_trim((span_t){ line, ll });
+        if (whole.n == 0) continue;
+        if (whole.p[0] == '#') {
+            rc = ap_comment(&b, whole.p, whole.n, lineno, err, errlen);
+        } else if (b.state == 2) {
+            snprintf(err, errlen, "line %d: text after the end marker", lineno);
+            rc = GW_EPARSE;
+        } else {
+            int n = split_csv(line, ll, f, BILL_MAX_COLS);
+            if (n < 0) {
+                snprintf(err, errlen, "line %d: more than %d columns", lineno, BILL_MAX_COLS);
+                rc = GW_EPARSE;
+            } else {
+                rc = b.state == 0 ? ap_title(&b, f, n, lineno, err, errlen)
+                                  : ap_line(&b, rows, f, n, lineno, err, errlen);
+            }
+        }
+        if (rc != GW_OK) return rc;
+    }
+    return ap_check(&b, err, errlen);
+}
+
+static gw_err_t bill_alipay(const char *data, size_t len, cJSON **rows_out, char *err, size_t errlen)
+{
+    const unsigned char *z = (const unsigned char *)data;
+    zip_entry_t e;
+    char *raw = NULL, *text = NULL;
+    size_t rawlen = 0, textlen = 0;
+    if (len < 4 || memcmp(z, "PK\3\4", 4) != 0) {
+        snprintf(err, errlen, "not a zip archive: Alipay's bill is the zip its bill_download_url serves");
+        return GW_EPARSE;
+    }
+    gw_err_t rc = zip_find(z, len, "业务明细", "汇总", &e, err, errlen);
+    if (rc == GW_OK) rc = zip_read(z, len, &e, &raw, &rawlen, err, errlen);
+    if (rc == GW_OK) rc = gbk_to_utf8(raw, rawlen, &text, &textlen, err, errlen);
+    free(raw);
+    cJSON *rows = rc == GW_OK ? cJSON_CreateArray() : NULL;
+    if (rc == GW_OK && rows == NULL) {
+        snprintf(err, errlen, "out of memory");
+        rc = GW_ENOMEM;
+    }
+    if (rc == GW_OK) rc = ap_parse(text, textlen, rows, err, errlen);
+    free(text);
+    if (rc != GW_OK) {
+        cJSON_Delete(rows);
+        return rc == GW_ENOMEM || rc == GW_EIO ? rc : GW_EPARSE;
+    }
+    *rows_out = rows;
+    return GW_OK;
+}
+
+/*
+ * MyBank (网商银行) bill.  No public source states the format of MyBank's
+ * reconciliation file (docs/channels/mybank.md "Bill"), so paygate defines
+ * a plain one in the terms of MyBank's trade API (test/sim/mybank.js GET
+ * /_sim/bill produces it): UTF-8 CSV,
+ *   the titles TradeTime,MerchantId,OutTradeNo,OrderNo,TradeType,
+ *              OutRefundNo,RefundOrderNo,Amount,Currency,TradeStatus;
+ *   one line per payment (TradeType PAY) or refund (REFUND), Amount in
+ *   integer fen as the API's TotalAmount / RefundAmount, TradeStatus as the
+ *   API's (succ, …);
+ *   the summary titles TotalCount,PayCount,PayAmount,RefundCount,RefundAmount
+ *   and one line of values: all lines; the succ payments; the succ refunds.
+ * Columns are found by title.  Only succ lines are matched: a payment by
+ * OutTradeNo (our trade_no) and Amount, a refund by OutRefundNo (our
+ * refund_no) and Amount.
+ */
+enum { MB_TIME, MB_MCH, MB_OTN, MB_ORDER, MB_TYPE, MB_ORN, MB_AMOUNT, MB_STATUS, MB_N };
+enum { MS_TOTAL, MS_PAYN, MS_PAY, MS_REFN, MS_REF, MS_N };
+static const char *const mb_stitles[MS_N] = { "TotalCount", "PayCount", "PayAmount", "RefundCount",
+                                              "RefundAmount" };
+
+typedef struct {
+    int col[MB_N], scol[MS_N];
+    int ncols;
+    int state; /* 0 titles, 1 lines, 2 summary titles seen, 3 summary values seen */
+    int64_t sums[MS_N];
+} mb_bill_t;
+
+static gw_err_t mb_titles(mb_bill_t *b, const span_t *f, int n, int lineno, char *err, size_t errlen)
+{
+    static const char *const titles[MB_N] = { "TradeTime", "MerchantId", "OutTradeNo", "OrderNo",
+                                             "TradeType", "OutRefundNo", "Amount", "TradeStatus" };
+    int summary = b->state == 1;
+    int *col = summary ? b->scol : b->col;
+    find_columns(f, n, summary ? mb_stitles : titles, summary ? MS_N : MB_N, col);
+    for (int c = 0; c < (summary ? MS_N : MB_N); c++)
+        if (col[c] < 0) {
+            snprintf(err, errlen, "line %d: no column \"%s\" (not a MyBank bill?)", lineno,
+                     summary ? mb_stitles[c] : titles[c]);
+            return GW_EPARSE;
+        }
+    if (!summary) b->ncols = n;
+    b->state++;
+    return GW_OK;
+}
+
+static gw_err_t mb_summary(mb_bill_t *b, const span_t *f, int n, int lineno, char *err, size_t errlen)
+{
+    for (int s = 0; s < MS_N; s++) {
+        int64_t v;
+        if (n <= b->scol[s] || !span_uint(f[b->scol[s]], &v)) {
+            snprintf(err, errlen, "line %d: malformed summary value %s", lineno, mb_stitles[s]);
+            return GW_EPARSE;
+        }
+        if (v != b->sums[s]) {
+            snprintf(err, errlen, "the summary's %s (%lld) does not match the lines (%lld): truncated or altered file",
+                     mb_stitles[s], (long long)v, (long long)b->sums[s]);
+            return GW_EPARSE;
+        }
+    }
+    b->state = 3;
+    return GW_OK;
+}
+
+static gw_err_t mb_line(mb_bill_t *b, cJSON *rows, const span_t *f, int n, int lineno, char *err, size_t errlen)
+{
+    int64_t amount;
+    if (n != b->ncols) {
+        snprintf(err, errlen, "line %d: %d columns, the title line has %d", lineno, n, b->ncols);
+        return GW_EPARSE;
+    }
+    span_t type = f[b->col[MB_TYPE]];
+    int k = span_eq(type, "PAY") ? 0 : span_eq(type, "REFUND") ? 1 : -1;
+    if (k < 0 || !span_uint(f[b->col[MB_AMOUNT]], &amount)) {
+        snprintf(err, errlen, "line %d: %s", lineno,
+                 k < 0 ? "TradeType is neither PAY nor REFUND" : "Amount is not whole fen");
+        return GW_EPARSE;
+    }
+    b->sums[MS_TOTAL]++;
+    if (!span_eq(f[b->col[MB_STATUS]], "succ")) return GW_OK; /* counted, not matched */
+    b->sums[k ? MS_REFN : MS_PAYN]++;
+    b->sums[k ? MS_REF : MS_PAY] += amount;
+    cJSON *r = cJSON_CreateObject();
+    if (r == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return GW_ENOMEM;
+    }
+    cJSON_AddItemToArray(rows, r);
+    cJSON_AddStringToObject(r, "kind", k ? "refund" : "pay");
+    add_span(r, "trade_no", f[b->col[MB_OTN]]);
+    if (k) add_span(r, "refund_no", f[b->col[MB_ORN]]);
+    cJSON_AddNumberToObject(r, "amount", (double)amount);
+    cJSON_AddStringToObject(r, "status", "SUCCESS");
+    add_span(r, "mch_id", f[b->col[MB_MCH]]);
+    add_span(r, "channel_trade_no", f[b->col[MB_ORDER]]);
+    add_span(r, "time", f[b->col[MB_TIME]]);
+    if (!cJSON_GetObjectItemCaseSensitive(r, "trade_no") || (k && !cJSON_GetObjectItemCaseSensitive(r, "refund_no"))) {
+        snprintf(err, errlen, "line %d: no OutTradeNo%s", lineno, k ? " / OutRefundNo" : "");
+        return GW_EPARSE;
+    }
+    return GW_OK;
+}
+
+static gw_err_t bill_mybank(const char *text, size_t len, cJSON **rows_out, char *err, size_t errlen)
+{
+    mb_bill_t b;
+    memset(&b, 0, sizeof(b));
+    span_t f[BILL_MAX_COLS];
+    cJSON *rows = cJSON_CreateArray();
+    const char *p = text, *end = text + len, *line;
+    size_t ll;
+    int lineno = 0;
+    gw_err_t rc = rows ? GW_OK : GW_ENOMEM;
+    if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;
+    while (rc == GW_OK && next_line(&p, end, &line, &ll)) {
+        lineno++;
+        if (span_trim((span_t){ line, ll }).n == 0) continue;
+        int n = split_csv(line, ll, f, BILL_MAX_COLS);
+        if (n < 0 || b.state == 3) {
+            snprintf(err, errlen, "line %d: %s", lineno, n < 0 ? "too many columns" : "text after the summary");
+            rc = GW_EPARSE;
+        } else if (b.state == 0 || (b.state == 1 && span_eq(f[0], "TotalCount"))) {
+            rc = mb_titles(&b, f, n, lineno, err, errlen);
+        } else {
+            rc = b.state == 1 ? mb_line(&b, rows, f, n, lineno, err, errlen)
+                              : mb_summary(&b, f, n, lineno, err, errlen);
+        }
+    }
+    if (rc == GW_OK && b.state != 3) {
+        snprintf(err, errlen, b.state == 0 ? "empty bill" : "no summary at the end: truncated file");
+        rc = GW_EPARSE;
+    }
+    if (rc != GW_OK) {
+        if (rc == GW_ENOMEM) snprintf(err, errlen, "out of memory");
+        cJSON_Delete(rows);
+        return rc == GW_ENOMEM ? rc : GW_EPARSE;
+    }
+    *rows_out = rows;
+    return GW_OK;
+}
+
 gw_err_t gw_bill_parse(const char *channel, const char *text, size_t len, cJSON **rows, char *err,
                        size_t errlen)
 {
@@ -664,7 +1519,10 @@ gw_err_t gw_bill_parse(const char *channel, const char *text, size_t len, cJSON 
     err[0] = '\0';
     if (strcmp(channel, "swiftpass") == 0) return bill_swiftpass(text, len, rows, err, errlen);
     if (strcmp(channel, "wechatpay") == 0) return bill_wechatpay(text, len, rows, err, errlen);
-    snprintf(err, errlen, "the bill format of channel \"%s\" is not supported yet (swiftpass and wechatpay are)",
+    if (strcmp(channel, "alipay") == 0) return bill_alipay(text, len, rows, err, errlen);
+    if (strcmp(channel, "mybank") == 0) return bill_mybank(text, len, rows, err, errlen);
+    snprintf(err, errlen,
+             "the bill format of channel \"%s\" is not supported (swiftpass, wechatpay, alipay and mybank are)",
              channel);
     return GW_ENOTSUP;
 }

@@ -23,11 +23,20 @@ void gw_settle_statement(gw_app_t *app, gw_http_req_t *req, const char *merchant
 void gw_settle_admin_redrive(gw_app_t *app, gw_http_req_t *req);
 void gw_settle_admin_reconcile(gw_app_t *app, gw_http_req_t *req);
 
+/* Admin: POST /admin/settlement/adjustments {"idempotency_key", "corrects": entry id,
+ * "gross"?, "fee"?, "cashback"? (signed integer fen, not all 0), "net"? (must be
+ * gross - fee + cashback), "note", "operator_id"?} books a correcting entry
+ * (kind adjustment) dated now: 201 {"entry"}; the same key again 200 with
+ * "replayed": true; the key with other content 409; an unknown entry 422. */
+void gw_settle_admin_adjust(gw_app_t *app, gw_http_req_t *req);
+
 /* Parses a channel's bill file into rows for gw_reconcile():
  * [{"kind": "pay"|"refund", "trade_no", "refund_no"?, "amount" (fen),
  *   "status", "mch_id", "channel_trade_no"?, "time"?}, …].
  * GW_ENOTSUP for a channel whose format is not implemented, GW_EPARSE for
- * a malformed bill (err says where). */
+ * a malformed bill (err says where; for Alipay's zip also a truncated,
+ * oversized or otherwise refused archive), GW_ENOMEM / GW_EIO (iconv)
+ * otherwise.  text need not be NUL-terminated (Alipay's bill is a zip). */
 gw_err_t gw_bill_parse(const char *channel, const char *text, size_t len, struct cJSON **rows,
                        char *err, size_t errlen);
 

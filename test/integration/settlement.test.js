@@ -326,7 +326,7 @@ test('the simulator\'s bill of the day matches; one missing on each side and one
   assert.equal(trunc.json.error.code, 'invalid_bill');
   const lying = await reconcileAdmin(text2.replace(/\r\n`(\d+),/, (m, n) => `\r\n\`${Number(n) + 1},`));
   assert.equal(lying.status, 422, lying.body);
-  const other = await h.request({ port: gw.adminPort, method: 'POST', path: `/admin/reconcile?channel=alipay&date=${DAY}`,
+  const other = await h.request({ port: gw.adminPort, method: 'POST', path: `/admin/reconcile?channel=mock&date=${DAY}`,
     headers: { Authorization: `Bearer ${gw.adminToken}` }, body: 'x' });
   assert.equal(other.status, 422);
   assert.equal(other.json.error.code, 'unsupported_channel');

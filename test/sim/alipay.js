@@ -34,6 +34,7 @@ const http = require('http');
 const https = require('https');
 const crypto = require('crypto');
 const fs = require('fs');
+const zlib = require('zlib');
 const { URL, URLSearchParams } = require('url');
 
 // ---------------------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ const QR_VALID_S = 7200;             // an unscanned precreate QR without time_e
 const MAX_FEN = 10000000000;         // 100000000.00 yuan
 const METHODS = new Set(['alipay.trade.precreate', 'alipay.trade.pay', 'alipay.trade.query',
   'alipay.trade.refund', 'alipay.trade.fastpay.refund.query', 'alipay.trade.close',
-  'alipay.trade.cancel']);
+  'alipay.trade.cancel', 'alipay.data.dataservice.bill.downloadurl.query']);
 const GATEWAY_MSG = {
   10000: 'Success', 10003: 'order success pay inprocess', 20000: 'Service Currently Unavailable',
   20001: 'Insufficient Token Permissions', 40001: 'Missing Required Arguments',
@@ -837,7 +838,179 @@ function apiCancel(ctx, fl) {
   return done(paid ? 'refund' : 'close');
 }
 
+// ---------------------------------------------------------------------------------------------
+// trade bill (alipay.data.dataservice.bill.downloadurl.query, bill_type trade; served as GET /_sim/bill)
+//
+// As the sources in docs/channels/alipay.md "Bill" show it: a zip (entry names GBK, without the
+// UTF-8 flag) holding two GBK CSV files, "<pid>_<yyyyMMdd>_业务明细.csv" and "…_业务明细(汇总).csv",
+// CRLF lines.  The details file: comment lines (#支付宝业务明细查询, #账号：[<pid>0156], #起始日期：…),
+// the "#-----业务明细列表-----" marker, the column titles, one line per trade (业务类型 交易, on the GMT+8
+// day it was paid) or refund (业务类型 退款, on the day it succeeded; 订单金额 and 商家实收 negative;
+// 退款批次号/请求号 = the refund's out_request_no), several values followed by a tab as Alipay writes
+// them; the "#-----业务明细列表结束-----" marker; "#交易合计：N笔，商家实收共X元，商家优惠共Y元",
+// "#退款合计：N笔，商家实收退款共X元，商家优惠退款共Y元" and "#导出时间：[…]".  No discounts here:
+// 商家实收 = 订单金额, 商家优惠 0.00; 服务费 at fee_ppm (default 6000 = 0.60 %, rounded half up),
+// negative on a trade (charged), positive on a refund (returned).
+
+const AP_BILL_COLUMNS = ['支付宝交易号', '商户订单号', '业务类型', '商品名称', '创建时间', '完成时间', '门店编号', '门店名称',
+  '操作员', '终端号', '对方账户', '订单金额（元）', '商家实收（元）', '支付宝红包（元）', '集分宝（元）', '支付宝优惠（元）',
+  '商家优惠（元）', '券核销金额（元）', '券名称', '商家红包消费金额（元）', '卡消费金额（元）', '退款批次号/请求号', '服务费（元）',
+  '分润（元）', '备注'];
+const AP_SUMMARY_COLUMNS = ['门店编号', '门店名称', '交易订单总笔数', '退款订单总笔数', '订单金额（元）', '商家实收（元）',
+  '支付宝优惠（元）', '商家优惠（元）', '卡消费金额（元）', '服务费（元）', '分润（元）', '实收净额（元）'];
+
+/** GBK encoding, dependency-free: the table is node's own GBK decoder (WHATWG) run backwards. */
+let gbkTable = null;
+function gbkEncode(str) {
+  if (!gbkTable) {
+    gbkTable = new Map();
+    const dec = new TextDecoder('gbk', { fatal: true });
+    const pair = Buffer.alloc(2);
+    for (let a = 0x81; a <= 0xfe; a++) {
+      for (let b = 0x40; b <= 0xfe; b++) {
+        if (b === 0x7f) continue;
+        pair[0] = a; pair[1] = b;
+        let ch;
+        try { ch = dec.decode(pair); } catch (e) { continue; }
+        if (ch.length === 1 && !gbkTable.has(ch)) gbkTable.set(ch, (a << 8) | b);
+      }
+    }
+  }
+  const out = [];
+  for (const ch of str) {
+    const c = ch.codePointAt(0);
+    if (c < 0x80) { out.push(c); continue; }
+    const g = gbkTable.get(ch);
+    if (g === undefined) out.push(0x3f); else out.push(g >> 8, g & 0xff); // not in GBK: "?"
+  }
+  return Buffer.from(out);
+}
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+function crc32(buf) {
+  let c = 0xffffffff;
+  for (const b of buf) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+/** A zip archive of [{name: Buffer, data: Buffer}]: deflated entries, a central directory, no ZIP64. */
+function zipArchive(files, ms = Date.now()) {
+  const t = new Date(ms + 8 * 3600e3);
+  const dosTime = (t.getUTCHours() << 11) | (t.getUTCMinutes() << 5) | (t.getUTCSeconds() >> 1);
+  const dosDate = ((t.getUTCFullYear() - 1980) << 9) | ((t.getUTCMonth() + 1) << 5) | t.getUTCDate();
+  const parts = [];
+  const central = [];
+  let off = 0;
+  for (const f of files) {
+    const comp = zlib.deflateRawSync(f.data);
+    const crc = crc32(f.data);
+    const head = (size, sig) => {
+      const h = Buffer.alloc(size);
+      h.writeUInt32LE(sig, 0);
+      return h;
+    };
+    const lh = head(30, 0x04034b50);
+    lh.writeUInt16LE(20, 4); lh.writeUInt16LE(0, 6); lh.writeUInt16LE(8, 8); lh.writeUInt16LE(dosTime, 10);
+    lh.writeUInt16LE(dosDate, 12); lh.writeUInt32LE(crc, 14); lh.writeUInt32LE(comp.length, 18);
+    lh.writeUInt32LE(f.data.length, 22); lh.writeUInt16LE(f.name.length, 26); lh.writeUInt16LE(0, 28);
+    const ch = head(46, 0x02014b50);
+    ch.writeUInt16LE(20, 4); ch.writeUInt16LE(20, 6); ch.writeUInt16LE(0, 8); ch.writeUInt16LE(8, 10);
+    ch.writeUInt16LE(dosTime, 12); ch.writeUInt16LE(dosDate, 14); ch.writeUInt32LE(crc, 16);
+    ch.writeUInt32LE(comp.length, 20); ch.writeUInt32LE(f.data.length, 24); ch.writeUInt16LE(f.name.length, 28);
+    ch.writeUInt32LE(off, 42);
+    parts.push(lh, f.name, comp);
+    central.push(ch, f.name);
+    off += 30 + f.name.length + comp.length;
+  }
+  const cd = Buffer.concat(central);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0); end.writeUInt16LE(files.length, 8); end.writeUInt16LE(files.length, 10);
+  end.writeUInt32LE(cd.length, 12); end.writeUInt32LE(off, 16);
+  return Buffer.concat([...parts, cd, end]);
+}
+
+/** "yyyy年MM月dd日 HH:mm:ss" (GMT+8) */
+const cnTime = (ms) => { const g = gmt8(ms); return `${g.slice(0, 4)}年${g.slice(5, 7)}月${g.slice(8, 10)}日 ${g.slice(11)}`; };
+/** fen → "12.34" / "-0.05" (integers only) */
+const billYuan = (fen) => `${fen < 0 ? '-' : ''}${yuan(Math.abs(fen))}`;
+/** a CSV value: quoted when it holds a comma, a quote or a line break */
+const csvValue = (v) => { const s = String(v == null ? '' : v); return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s; };
+
+/** The bill of seller's GMT+8 day (yyyy-MM-dd) as {zip, details, summary, name} (texts before GBK encoding). */
+function tradeBill(seller, day, feePpm) {
+  const feeOf = (fen) => Math.floor((fen * feePpm + 500000) / 1000000);
+  const rows = [];
+  for (const t of trades.values()) {
+    if (t.seller_id !== seller || t.kind === 'tombstone') continue;
+    refresh(t);
+    const base = (at, type) => ({ at, type, txn: t.trade_no, otn: t.out_trade_no, subject: t.subject, created: gmt8(t.created_at),
+      done: gmt8(at), store: t.store_id || '', buyer: t.buyer_logon_id || '' });
+    if (t.paid_at && gmt8(t.paid_at).slice(0, 10) === day) {
+      rows.push({ ...base(t.paid_at, '交易'), amount: t.total, req: '', fee: -feeOf(t.total) });
+    }
+    for (const r of t.refunds) {
+      if (r.status !== 'SUCCESS' || !r.gmt_refund || gmt8(r.gmt_refund).slice(0, 10) !== day) continue;
+      rows.push({ ...base(r.gmt_refund, '退款'), amount: -r.amount, req: r.out_request_no, fee: feeOf(r.amount) });
+    }
+    if (t.cancel_action === 'refund' && t.paid_at && gmt8(t.closed_at).slice(0, 10) === day) { // cancelled after payment
+      rows.push({ ...base(t.closed_at, '退款'), amount: -t.total, req: '', fee: feeOf(t.total) });
+    }
+  }
+  rows.sort((a, b) => a.at - b.at);
+  const pidLine = `#账号：[${seller}0156]`;
+  const from = Date.UTC(+day.slice(0, 4), +day.slice(5, 7) - 1, +day.slice(8, 10)) - 8 * 3600e3;
+  const period = `#起始日期：[${cnTime(from)}]   终止日期：[${cnTime(from + 86400e3)}]`;
+  const now = Date.now();
+  const details = ['#支付宝业务明细查询', pidLine, period,
+    '#-----------------------------------------业务明细列表----------------------------------------',
+    AP_BILL_COLUMNS.join(','),
+    ...rows.map((r) => [`${r.txn}\t`, `${r.otn}\t`, `${r.type}\t`, csvValue(r.subject), r.created, r.done, `${r.store}\t`,
+      `${r.store}\t`, '\t', '\t', `${r.buyer}\t`, billYuan(r.amount), billYuan(r.amount), '0.00', '0.00', '0.00', '0.00', '0.00',
+      '', '0.00\t', '0.00', `${r.req}\t`, billYuan(r.fee), '0.00', csvValue(r.subject)].join(','))];
+  const sum = (type, k) => rows.filter((r) => r.type === type).reduce((s, r) => s + r[k], 0);
+  const count = (type) => rows.filter((r) => r.type === type).length;
+  details.push('#-----------------------------------------业务明细列表结束------------------------------------',
+    `#交易合计：${count('交易')}笔，商家实收共${billYuan(sum('交易', 'amount'))}元，商家优惠共0.00元`,
+    `#退款合计：${count('退款')}笔，商家实收退款共${billYuan(sum('退款', 'amount'))}元，商家优惠退款共0.00元`,
+    `#导出时间：[${cnTime(now)}]`);
+  const amount = rows.reduce((s, r) => s + r.amount, 0);
+  const fee = rows.reduce((s, r) => s + r.fee, 0);
+  const sumLine = (label) => [label, '', count('交易'), count('退款'), billYuan(amount), billYuan(amount), '0.00', '0.00', '0.00',
+    billYuan(fee), '0.00', billYuan(amount + fee)].join(',');
+  const summary = ['#支付宝业务汇总查询', pidLine, period,
+    '#-----------------------------------------业务汇总列表----------------------------------------',
+    AP_SUMMARY_COLUMNS.join(','), rows.length ? sumLine('') : null, sumLine('合计'),
+    '#----------------------------------------业务汇总列表结束-------------------------------------',
+    `#导出时间：[${cnTime(now)}]`].filter((l) => l !== null);
+  const stem = `${seller}_${day.replace(/-/g, '')}`;
+  const text = (lines) => lines.join('\r\n') + '\r\n';
+  const zip = zipArchive([
+    { name: gbkEncode(`${stem}_业务明细.csv`), data: gbkEncode(text(details)) },
+    { name: gbkEncode(`${stem}_业务明细(汇总).csv`), data: gbkEncode(text(summary)) },
+  ], now);
+  return { zip, name: `${stem}.csv.zip` };
+}
+
+function apiBillUrl(ctx) {
+  const b = ctx.b;
+  need(b, ['bill_type', 'bill_date']);
+  if (b.bill_type !== 'trade') throw invalid('isv.invalid-parameter', `参数bill_type无效: ${b.bill_type}（模拟器只提供 trade 账单）`);
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(String(b.bill_date)) || Number.isNaN(parseGmt8(`${b.bill_date} 00:00:00`))) {
+    throw invalid('isv.invalid-parameter', `参数bill_date无效: ${b.bill_date}（yyyy-MM-dd；模拟器不提供月账单）`);
+  }
+  const q = new URLSearchParams({ seller_id: ctx.seller_id, date: b.bill_date, token: randHex(32) });
+  return success({ bill_download_url: `${ctx.base}/_sim/bill?${q}` });
+}
+
 const APIS = {
+  'alipay.data.dataservice.bill.downloadurl.query': apiBillUrl,
   'alipay.trade.precreate': apiPrecreate,
   'alipay.trade.pay': apiPay,
   'alipay.trade.query': apiQuery,
@@ -1229,6 +1402,20 @@ async function handleControl(req, res, url) {
             state: t.state, total_amount: yuan(t.total), created_at: iso(t.created_at) };
         }));
       }
+    }
+    if (route === 'bill' && m === 'GET') {
+      // GET /_sim/bill?seller_id=…&date=YYYY-MM-DD|YYYYMMDD[&fee_ppm=6000] → that GMT+8 day's trade bill zip
+      const d = String(q.date || q.bill_date || '');
+      const day = /^\d{8}$/.test(d) ? `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6)}` : d;
+      if (!/^\d{4}-\d{2}-\d{2}$/.test(day) || Number.isNaN(parseGmt8(`${day} 00:00:00`))) throw new HttpError(400, 'date=YYYY-MM-DD is required');
+      if (!present(q.seller_id)) throw new HttpError(400, 'seller_id is required');
+      const feePpm = q.fee_ppm == null ? 6000 : Number(q.fee_ppm);
+      if (!Number.isInteger(feePpm) || feePpm < 0 || feePpm > 1000000) throw new HttpError(400, 'fee_ppm must be 0..1000000');
+      const bill = tradeBill(String(q.seller_id), day, feePpm);
+      if (res.writableEnded || res.destroyed) return undefined;
+      res.writeHead(200, { 'Content-Type': 'application/zip', 'Content-Length': bill.zip.length,
+        'Content-Disposition': `attachment; filename="${bill.name}"` });
+      return res.end(bill.zip);
     }
     if (route === 'requests' && m === 'GET') {
       const limit = Math.max(1, Math.min(REQUEST_LOG_SIZE, Number(q.limit) || 50));

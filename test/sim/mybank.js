@@ -1269,6 +1269,49 @@ function settleRefunds(p) {
     out_refund_no: refund.out_refund_no, refund_order_no: refund.refund_order_no, status: refund.status }));
 }
 
+// ---------------------------------------------------------------------------------------------
+// reconciliation bill (served as GET /_sim/bill)
+//
+// No public source states MyBank's reconciliation file format (docs/channels/mybank.md "Bill"), so
+// paygate defined a plain one in the terms of the trade API, and this is it: UTF-8 CSV, CRLF; the
+// titles TradeTime,MerchantId,OutTradeNo,OrderNo,TradeType,OutRefundNo,RefundOrderNo,Amount,
+// Currency,TradeStatus; one line per payment (TradeType PAY, on the GMT+8 day it was paid; its
+// TradeStatus now: succ, refunding, or cancel for one reversed after payment) and per refund
+// (REFUND, on the day it succeeded, TradeStatus succ); Amount in integer fen like TotalAmount /
+// RefundAmount; then TotalCount,PayCount,PayAmount,RefundCount,RefundAmount and one line of
+// values: all lines; the paid payments (succ or refunding) and their sum; the refunds and theirs.
+
+const MB_BILL_COLUMNS = ['TradeTime', 'MerchantId', 'OutTradeNo', 'OrderNo', 'TradeType', 'OutRefundNo', 'RefundOrderNo',
+  'Amount', 'Currency', 'TradeStatus'];
+const MB_BILL_SUMMARY = ['TotalCount', 'PayCount', 'PayAmount', 'RefundCount', 'RefundAmount'];
+/** "yyyy-MM-dd HH:mm:ss" in GMT+8 */
+const billTime = (ms) => new Date(ms + 8 * 3600e3).toISOString().slice(0, 19).replace('T', ' ');
+
+function tradeBill(mchId, day) {
+  const rows = [];
+  for (const o of orders.values()) {
+    if (o.mch_id !== mchId) continue;
+    refresh(o);
+    if (o.paid_at && billTime(o.paid_at).slice(0, 10) === day) {
+      const st = tradeStatus(o);
+      rows.push({ at: o.paid_at, vals: [billTime(o.paid_at), o.mch_id, o.out_trade_no, o.order_no, 'PAY', '', '', o.total_amount,
+        'CNY', st === 'refunding' ? 'succ' : st], pay: st === 'succ' || st === 'refunding' ? o.total_amount : null });
+    }
+    for (const r of o.refunds) {
+      if (r.status !== 'succ' || !r.refunded_at || billTime(r.refunded_at).slice(0, 10) !== day) continue;
+      rows.push({ at: r.refunded_at, vals: [billTime(r.refunded_at), o.mch_id, o.out_trade_no, o.order_no, 'REFUND',
+        r.out_refund_no, r.refund_order_no, r.amount, 'CNY', 'succ'], refund: r.amount });
+    }
+  }
+  rows.sort((a, b) => a.at - b.at);
+  const pays = rows.filter((r) => r.pay != null);
+  const refs = rows.filter((r) => r.refund != null);
+  const sum = (list, k) => list.reduce((s, r) => s + r[k], 0);
+  const csv = (vals) => vals.map((v) => { const t = String(v); return /[",\r\n]/.test(t) ? `"${t.replace(/"/g, '""')}"` : t; }).join(',');
+  return [MB_BILL_COLUMNS.join(','), ...rows.map((r) => csv(r.vals)), MB_BILL_SUMMARY.join(','),
+    csv([rows.length, pays.length, sum(pays, 'pay'), refs.length, sum(refs, 'refund')])].join('\r\n') + '\r\n';
+}
+
 function reset() {
   generation++;
   for (const t of notifyTimers) clearTimeout(t);
@@ -1406,6 +1449,15 @@ async function handleControl(req, res, url) {
           out_trade_no: o.out_trade_no, function: o.fn, trade_status: tradeStatus(o), total_amount: o.total_amount,
           created_at: iso(o.created_at) })));
       }
+    }
+    if (route === 'bill' && m === 'GET') {
+      // GET /_sim/bill?mch_id=…&date=YYYY-MM-DD|YYYYMMDD → that GMT+8 day's reconciliation bill
+      const d = String(q.date || '');
+      const day = /^\d{8}$/.test(d) ? `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6)}` : d;
+      if (!/^\d{4}-\d{2}-\d{2}$/.test(day)) throw new HttpError(400, 'date=YYYY-MM-DD is required');
+      if (!present(q.mch_id)) throw new HttpError(400, 'mch_id is required');
+      if (!merchants.has(String(q.mch_id))) throw new HttpError(404, 'merchant not found');
+      return send(res, 200, 'text/csv; charset=UTF-8', tradeBill(String(q.mch_id), day));
     }
     if (route === 'requests' && m === 'GET') {
       const limit = Math.max(1, Math.min(REQUEST_LOG_SIZE, Number(q.limit) || 50));
