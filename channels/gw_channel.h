@@ -40,7 +40,7 @@ extern "C" {
 #endif
 
 #define GW_CHANNEL_ABI_MAJOR 1
-#define GW_CHANNEL_ABI_MINOR 2
+#define GW_CHANNEL_ABI_MINOR 3
 #define GW_CHANNEL_ABI_VERSION ((GW_CHANNEL_ABI_MAJOR << 16) | GW_CHANNEL_ABI_MINOR)
 /* Identifies what the struct layouts depend on (nginx NGX_MODULE_SIGNATURE). */
 #define GW_CHANNEL_BUILD_SIG "gw1:lp64:le"
@@ -390,7 +390,7 @@ typedef struct gw_chan_policy {
 } gw_chan_policy_t;
 
 /* ------------------------------------------------------------------ */
-/* The module vtable: version 1.1.  Append only. */
+/* The module vtable: version 1.3 (1.0 + policy in 1.1 + light in 1.3).  Append only. */
 
 typedef struct gw_channel {
     /* 1.0 header: these fields never move */
@@ -441,6 +441,15 @@ typedef struct gw_channel {
 
     /* added in 1.1 */
     const gw_chan_policy_t *policy; /* may be NULL: the core's defaults */
+
+    /* added in 1.3: may be NULL (= never).  Nonzero when building this
+     * call's request and parsing its answer (or verifying a notification
+     * for call->merchant) is light work: hashes and HMACs only, no RSA or
+     * other public-key operation, no blocking.  The core then runs those
+     * steps on its event loop instead of handing them to the thread pool
+     * and back (two thread hand-offs per call, which cost more than an MD5
+     * of a few hundred bytes).  Called on the loop; must itself be cheap. */
+    int (*light)(const gw_chan_call_t *call);
 } gw_channel_t;
 
 /* The one exported symbol. */

@@ -171,6 +171,8 @@ const cJSON *gw_subcache_get(gw_app_t *app, int64_t id)
     return NULL;
 }
 
+static void sc_mch_put(const cJSON *row, int64_t id);
+
 void gw_subcache_put(gw_app_t *app, const cJSON *row)
 {
     (void)app;
@@ -189,6 +191,7 @@ void gw_subcache_put(gw_app_t *app, const cJSON *row)
     cJSON_Delete(e->row);
     e->row = cJSON_Duplicate(row, 1);
     e->fetched_ms = gw_now_ms();
+    sc_mch_put(row, id);
 }
 
 void gw_subcache_forget(gw_app_t *app, int64_t id)
@@ -198,8 +201,69 @@ void gw_subcache_forget(gw_app_t *app, int64_t id)
         if (e->id == id) e->fetched_ms = 0;
 }
 
+/* Notifications name the sub-merchant by (channel, merchant number): a
+ * second index onto the same entries. */
+typedef struct sc_mch {
+    struct sc_mch *next;
+    int64_t id;
+    char key[96]; /* channel '/' mch_id */
+} sc_mch_t;
+
+static sc_mch_t *submch[SC_BUCKETS];
+
+static unsigned sc_mch_hash(const char *k)
+{
+    unsigned h = 2166136261u;
+    for (; *k; k++) h = (h ^ (unsigned char)*k) * 16777619u;
+    return h % SC_BUCKETS;
+}
+
+static int sc_mch_key(char *key, size_t len, const char *channel, const char *mch_id)
+{
+    int n = snprintf(key, len, "%s/%s", channel ? channel : "", mch_id ? mch_id : "");
+    return n > 0 && (size_t)n < len;
+}
+
+const cJSON *gw_subcache_get_by_mch(gw_app_t *app, const char *channel, const char *mch_id)
+{
+    char key[96];
+    if (!sc_mch_key(key, sizeof(key), channel, mch_id)) return NULL;
+    for (sc_mch_t *m = submch[sc_mch_hash(key)]; m; m = m->next) {
+        if (strcmp(m->key, key) != 0) continue;
+        const cJSON *row = gw_subcache_get(app, m->id);
+        /* the entry may have been refreshed with another number meanwhile */
+        const char *c = gw_jstr(row, "channel"), *mch = gw_jstr(row, "mch_id");
+        return c && mch && strcmp(c, channel) == 0 && strcmp(mch, mch_id) == 0 ? row : NULL;
+    }
+    return NULL;
+}
+
+static void sc_mch_put(const cJSON *row, int64_t id)
+{
+    char key[96];
+    if (!sc_mch_key(key, sizeof(key), gw_jstr(row, "channel"), gw_jstr(row, "mch_id"))) return;
+    sc_mch_t **pp = &submch[sc_mch_hash(key)], *m;
+    for (m = *pp; m; m = m->next)
+        if (strcmp(m->key, key) == 0) break;
+    if (m == NULL) {
+        m = calloc(1, sizeof(*m));
+        if (m == NULL) return;
+        memcpy(m->key, key, sizeof(key));
+        m->next = *pp;
+        *pp = m;
+    }
+    m->id = id;
+}
+
 static void subcache_free(void)
 {
+    for (int i = 0; i < SC_BUCKETS; i++) {
+        for (sc_mch_t *m = submch[i], *n; m; m = n) {
+            n = m->next;
+            free(m);
+        }
+        submch[i] = NULL;
+    }
     for (int i = 0; i < SC_BUCKETS; i++) {
         for (sc_entry_t *e = subcache[i], *n; e; e = n) {
             n = e->next;

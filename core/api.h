@@ -28,6 +28,8 @@ gw_err_t gw_pg_json(gw_app_t *app, const char *stmt, int n, const char *const *v
 const struct cJSON *gw_subcache_get(gw_app_t *app, int64_t id);
 void gw_subcache_put(gw_app_t *app, const struct cJSON *row);
 void gw_subcache_forget(gw_app_t *app, int64_t id);
+/* The same rows by the channel's merchant number (notifications). */
+const struct cJSON *gw_subcache_get_by_mch(gw_app_t *app, const char *channel, const char *mch_id);
 
 /* Merchant request signature: lower-case hex HMAC-SHA256(secret,
  * METHOD "\n" PATH_AND_QUERY "\n" TIMESTAMP "\n" NONCE "\n" BODY). */

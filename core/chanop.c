@@ -32,6 +32,7 @@ typedef struct op {
     void *udata;
     char channel[32];
     int reached;   /* the HTTP stage ran: the outcome says something about the channel */
+    int light;     /* build and parse run on the loop (gw_channel_t.light, ABI 1.3) */
 } op_t;
 
 static const char *const op_names[] = { "?", "pay", "query", "refund", "close" };
@@ -166,6 +167,11 @@ static void on_response(void *udata, gw_client_response_t *r)
     o->resp.headers = (gw_str_t){ o->resp_headers.data, o->resp_headers.len };
     o->resp.body = (gw_str_t){ o->resp_body.data, o->resp_body.len };
     o->work.data = o;
+    if (o->light) {
+        parse_work(&o->work);
+        parse_done(&o->work, 0);
+        return;
+    }
     if (uv_queue_work(o->app->loop, &o->work, parse_work, parse_done) != 0) {
         o->out.res.status = 0;
         op_finish(o);
@@ -185,16 +191,18 @@ static void build_work(uv_work_t *w)
     }
 }
 
-static void build_done(uv_work_t *w, int status)
+/* GW_OK when the module built a request. */
+static gw_err_t build_result(op_t *o, int status)
 {
-    op_t *o = w->data;
-    if (status != 0 || o->stage_err != GW_OK || o->req.url.len == 0) {
-        o->out.err = o->stage_err != GW_OK ? o->stage_err : GW_EINVAL;
-        gw_log(GW_LOG_ERR, "channel %s %s: building the request failed: %s", o->channel,
-               op_names[o->kind], gw_strerror(o->out.err));
-        op_finish(o);
-        return;
-    }
+    if (status == 0 && o->stage_err == GW_OK && o->req.url.len > 0) return GW_OK;
+    gw_err_t err = o->stage_err != GW_OK ? o->stage_err : GW_EINVAL;
+    gw_log(GW_LOG_ERR, "channel %s %s: building the request failed: %s", o->channel,
+           op_names[o->kind], gw_strerror(err));
+    return err;
+}
+
+static gw_err_t op_send(op_t *o)
+{
     gw_client_request_t creq = {
         .method = o->req.method ? o->req.method : "POST",
         .url = o->req.url.data,
@@ -203,11 +211,35 @@ static void build_done(uv_work_t *w, int status)
         .body_len = o->req.body.len,
         .timeout_ms = o->req.timeout_ms > 0 ? o->req.timeout_ms : o->app->cfg.channels.call_timeout_ms,
     };
-    gw_err_t rc = gw_client_send(o->app->client, &creq, on_response, o);
-    if (rc != GW_OK) {
-        o->out.err = rc;
-        op_finish(o);
+    return gw_client_send(o->app->client, &creq, on_response, o);
+}
+
+static void build_done(uv_work_t *w, int status)
+{
+    op_t *o = w->data;
+    if (o->out.err == GW_OK) { /* else a light call that failed on the loop */
+        o->out.err = build_result(o, status);
+        if (o->out.err == GW_OK) o->out.err = op_send(o);
+        if (o->out.err == GW_OK) return;
     }
+    op_finish(o);
+}
+
+static void nothing_work(uv_work_t *w)
+{
+    (void)w;
+}
+
+/* A light call: built on the loop and sent at once.  A failure is still
+ * reported through the thread pool's completion, never from inside
+ * gw_chanop_run. */
+static int build_light(op_t *o)
+{
+    build_work(&o->work);
+    o->out.err = build_result(o, 0);
+    if (o->out.err == GW_OK) o->out.err = op_send(o);
+    if (o->out.err == GW_OK) return 0;
+    return uv_queue_work(o->app->loop, &o->work, nothing_work, build_done);
 }
 
 /* ---- the built-in stored-value channel "balance" ----
@@ -331,7 +363,8 @@ gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, enum gw_chanop_kind k
     h->buf_init(&o->out.res.pay_data, 64 * 1024);
     o->out.res.amount = -1;
     o->work.data = o;
-    if (uv_queue_work(app->loop, &o->work, build_work, build_done) != 0) {
+    o->light = o->vt->light != NULL && o->vt->light(&o->call);
+    if (o->light ? build_light(o) != 0 : uv_queue_work(app->loop, &o->work, build_work, build_done) != 0) {
         gw_chan_release(mod);
         gw_health_release(app, channel, 0);
         o->mod = NULL;

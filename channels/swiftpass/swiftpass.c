@@ -1100,6 +1100,16 @@ static const gw_chan_policy_t sp_policy = {
     .refund_query_delay_ms = 0,
 };
 
+/* MD5 merchants are light (ABI 1.3): build, parse and verify are an MD5 of
+ * a few hundred bytes and a flat XML scan.  RSA merchants are not. */
+static int sp_light(const gw_chan_call_t *call)
+{
+    sp_merchant_opts_t o;
+    if (call == NULL || call->host == NULL) return 0;
+    if (sp_merchant_opts(call->host, call->merchant, &o) != GW_OK) return 0;
+    return o.sign_type == SP_SIGN_MD5;
+}
+
 static const gw_channel_t sp_channel = {
     .abi_version = GW_CHANNEL_ABI_VERSION,
     .struct_size = sizeof(gw_channel_t),
@@ -1123,6 +1133,7 @@ static const gw_channel_t sp_channel = {
     .notify_verify = sp_notify_verify,
     /* added in 1.1 */
     .policy = &sp_policy,
+    .light = sp_light,
 };
 
 GW_CHANNEL_EXPORT const gw_channel_t *gw_channel_entry(void);

@@ -22,17 +22,26 @@
 -- exists already gets no row; the single gw_order_create below, which
 -- pg.c then runs for it, returns the existing order.
 CREATE FUNCTION gw_order_create_many(p jsonb) RETURNS TABLE (r jsonb, i int)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- plpgsql, not sql: its plan is cached for the session (a LANGUAGE sql
+    -- function body is parsed and planned again on every call)
+    RETURN QUERY
     WITH input AS (
         SELECT (x.ord - 1)::int AS k, x.v->0 AS a, nextval('order_id_seq') AS id
           FROM jsonb_array_elements(p) WITH ORDINALITY AS x(v, ord)
          ORDER BY x.v->0->>'merchant_id', x.v->0->>'out_trade_no'
-    ), priced AS (
-        SELECT input.*, (a->>'amount')::bigint AS amount,
-               gw_rate_in_force(a->>'shop_id', a->>'channel') AS rate,
-               COALESCE((SELECT c.ppm FROM shop_cashback c
-                          WHERE c.shop_id = a->>'shop_id' AND c.method = a->>'method'), 0) AS cb_ppm
+    ), priced AS MATERIALIZED (
+        -- joins, not gw_rate_in_force(): a LANGUAGE sql function with a
+        -- sub-select is not inlined, and a call per row (or three: the
+        -- columns below each name the rate) costs more than the insert
+        SELECT input.k, input.a, input.id, (input.a->>'amount')::bigint AS amount,
+               COALESCE(CASE WHEN sr.future_from IS NOT NULL AND now() >= sr.future_from
+                             THEN sr.future_ppm ELSE sr.current_ppm END, 0) AS rate,
+               COALESCE(sc.ppm, 0) AS cb_ppm
           FROM input
+          LEFT JOIN shop_rates sr ON sr.shop_id = input.a->>'shop_id' AND sr.channel = input.a->>'channel'
+          LEFT JOIN shop_cashback sc ON sc.shop_id = input.a->>'shop_id' AND sc.method = input.a->>'method'
     ), ins AS (
         INSERT INTO orders (id, trade_no, merchant_id, shop_id, out_trade_no, amount, currency,
                             subject, method, channel, sub_merchant_id, channel_mch_id, payer_id,
@@ -58,8 +67,8 @@ LANGUAGE sql AS $$
         SELECT id, NULL, 'CREATED', 'api' FROM ins
     )
     SELECT jsonb_build_object('created', true, 'order', to_jsonb(ins)), input.k
-      FROM ins JOIN input ON input.id = ins.id
-$$;
+      FROM ins JOIN input ON input.id = ins.id;
+END $$;
 
 -- The single form: the batch of one, or the existing order.
 CREATE OR REPLACE FUNCTION gw_order_create(p jsonb) RETURNS jsonb
@@ -90,43 +99,51 @@ DROP FUNCTION gw_order_create_v1(jsonb);
 -- update, event, merchant notification on SUCCESS.  An element whose order
 -- is no longer CREATED gets no row: pg.c runs it alone, and the single
 -- function answers "changed": false with the order.
+-- No join in the UPDATE: the elements are looked up by order id in a jsonb
+-- object, so the plan is an index scan of the listed ids whatever the
+-- planner thinks of the table (a join planned while the table was small
+-- stayed a sequential scan of orders in plpgsql's cached plan: measured,
+-- the cost of a batch grew with the table), and the plan is made for each
+-- call (plan_cache_mode): planned with the batch's real ids and the table's
+-- real size, it is the primary key's (with enable_seqscan off instead, the
+-- planner AND-ed in a scan of the whole due index).  Lock order: an order has one first transition, so two
+-- batches never share a row; a single transition that meets a batch on the
+-- same row simply waits for it.
 CREATE FUNCTION gw_order_transition_first_many(p jsonb) RETURNS TABLE (r jsonb, i int)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     v_ids bigint[];
+    v_m jsonb;   -- order id -> [index, to, patch]
 BEGIN
     IF EXISTS (SELECT 1 FROM jsonb_array_elements(p) x(v)
                 WHERE x.v->>1 IS DISTINCT FROM '{CREATED}' OR x.v->>4 IS DISTINCT FROM 'channel'
-                   OR x.v->>2 IN ('CREATED') OR x.v->>2 IS NULL) THEN
+                   OR x.v->>2 IS NULL OR x.v->>2 = 'CREATED') THEN
         RAISE EXCEPTION 'gw_order_transition_first_many: not a first transition';
     END IF;
     PERFORM set_config('synchronous_commit', 'off', true);
-    -- lock in id order; "= ANY (array)" keeps the plan on the primary key
-    v_ids := ARRAY(SELECT (x.v->>0)::bigint FROM jsonb_array_elements(p) x(v) ORDER BY 1);
-    PERFORM 1 FROM orders WHERE id = ANY (v_ids) AND status = 'CREATED' ORDER BY id FOR UPDATE;
+    SELECT array_agg((x.v->>0)::bigint),
+           jsonb_object_agg(x.v->>0, jsonb_build_array(x.ord - 1, x.v->>2, x.v->3))
+      INTO v_ids, v_m
+      FROM jsonb_array_elements(p) WITH ORDINALITY AS x(v, ord);
     RETURN QUERY
-    WITH input AS (
-        SELECT (x.ord - 1)::int AS k, (x.v->>0)::bigint AS id, x.v->>2 AS t, x.v->3 AS patch
-          FROM jsonb_array_elements(p) WITH ORDINALITY AS x(v, ord)
-    ), upd AS (
+    WITH upd AS (
         UPDATE orders o SET
-            status = input.t,
-            pay_data = COALESCE(input.patch->'pay_data', o.pay_data),
-            channel_trade_no = COALESCE(NULLIF(input.patch->>'channel_trade_no', ''), o.channel_trade_no),
-            channel_code = COALESCE(input.patch->>'channel_code', o.channel_code),
-            channel_msg = COALESCE(input.patch->>'channel_msg', o.channel_msg),
-            paid_at = CASE WHEN input.t = 'SUCCESS' THEN COALESCE(o.paid_at, now()) ELSE o.paid_at END,
-            next_check_at = CASE WHEN input.t IN ('SUCCESS', 'FAILED', 'CLOSED') THEN NULL
-                                 WHEN input.patch ? 'next_check_ms'
-                                 THEN now() + make_interval(secs => (input.patch->>'next_check_ms')::float8 / 1000)
+            status = v_m->(o.id::text)->>1,
+            pay_data = COALESCE(v_m->(o.id::text)->2->'pay_data', o.pay_data),
+            channel_trade_no = COALESCE(NULLIF(v_m->(o.id::text)->2->>'channel_trade_no', ''), o.channel_trade_no),
+            channel_code = COALESCE(v_m->(o.id::text)->2->>'channel_code', o.channel_code),
+            channel_msg = COALESCE(v_m->(o.id::text)->2->>'channel_msg', o.channel_msg),
+            paid_at = CASE WHEN v_m->(o.id::text)->>1 = 'SUCCESS' THEN COALESCE(o.paid_at, now()) ELSE o.paid_at END,
+            next_check_at = CASE WHEN v_m->(o.id::text)->>1 IN ('SUCCESS', 'FAILED', 'CLOSED') THEN NULL
+                                 WHEN v_m->(o.id::text)->2 ? 'next_check_ms'
+                                 THEN now() + make_interval(secs => (v_m->(o.id::text)->2->>'next_check_ms')::float8 / 1000)
                                  ELSE o.next_check_at END,
-            check_attempts = CASE WHEN input.patch ? 'attempt' THEN o.check_attempts + 1 ELSE 0 END,
+            check_attempts = CASE WHEN v_m->(o.id::text)->2 ? 'attempt' THEN o.check_attempts + 1 ELSE 0 END,
             lease_owner = NULL,
             lease_until = NULL,
             updated_at = now()
-          FROM input
-         WHERE o.id = ANY (v_ids) AND o.id = input.id AND o.status = 'CREATED'
-        RETURNING o AS nr, input.k, input.patch
+         WHERE o.id = ANY (v_ids) AND o.status = 'CREATED'
+        RETURNING o AS nr, (v_m->(o.id::text)->>0)::int AS k, v_m->(o.id::text)->2 AS patch
     ), ev AS (
         INSERT INTO order_events (order_id, from_status, to_status, source, detail)
         SELECT (upd.nr).id, 'CREATED', (upd.nr).status, 'channel',

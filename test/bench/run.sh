@@ -30,7 +30,8 @@
 # paygated's own), BENCH_SYNC_COMMIT=off (a diagnostic, marked as such, never
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
-# callgrind during ctob; needs valgrind; use BENCH_CONNS=8), BENCH_KEEP=1
+# callgrind during ctob; needs valgrind; use BENCH_CONNS=8), BENCH_SQL (SQL run
+# as the superuser before the phases: a diagnostic), BENCH_KEEP=1
 # (keep the temp directory and services).
 #
 # Output: the table on stdout and in build/bench/results.md; the raw JSON of
@@ -147,7 +148,10 @@ echo "{\"phase\":\"settings\",\"conns\":$CONNS,\"duration_s\":$DUR,\"warmup_s\":
 
 # ---------------------------------------------------------------- services
 say "starting PostgreSQL and Redis in $WORK/svc"
-SERVICES_QUIET=1 bash test/lib/services.sh start "$WORK/svc" >/dev/null
+# shared_buffers: the tests' 32 MB would have backends evicting and writing
+# dirty pages themselves within seconds of load; 256 MB is a small server's
+# setting (durability settings are untouched)
+SERVICES_QUIET=1 PG_SHARED_BUFFERS=${BENCH_PG_SHARED_BUFFERS:-256MB} bash test/lib/services.sh start "$WORK/svc" >/dev/null
 # shellcheck disable=SC1091
 . "$WORK/svc/services.env"
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
@@ -319,6 +323,11 @@ for m in wechat_qr barcode; do
   adm PUT "/admin/shops/bs1/bindings/$m" "[{\"channel\":\"swiftpass\",\"sub_merchant_ids\":[$SUBS]}]" >/dev/null
 done
 adm PUT /admin/shops/bs2/bindings/wechat_qr "[{\"channel\":\"mock\",\"sub_merchant_ids\":[$MOCK_SUB]}]" >/dev/null
+# a diagnostic: SQL run as the superuser before the phases (say so in the notes)
+if [ -n "${BENCH_SQL:-}" ]; then
+  say "DIAGNOSTIC: running BENCH_SQL before the phases"
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate -f - <<<"$BENCH_SQL" >&2
+fi
 
 # ceiling: PostgreSQL running just the two statements of a c-to-b create
 # (gw_order_create, then gw_order_transition CREATED → PENDING), each its own

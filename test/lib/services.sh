@@ -19,6 +19,7 @@
 # existing DIR, else free ones picked at random (a bind race with a parallel
 # run is retried with new ports).  Every command blocks until done; a restart
 # keeps the port.  Stale pid files left by a crash are detected and removed.
+# PG_SHARED_BUFFERS (default 32MB) sets PostgreSQL's shared_buffers at start.
 set -euo pipefail
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
@@ -101,7 +102,7 @@ fsync = on
 synchronous_commit = on
 full_page_writes = on
 max_connections = 200
-shared_buffers = 32MB
+shared_buffers = ${PG_SHARED_BUFFERS:-32MB}
 logging_collector = off
 log_line_prefix = '%m [%p] %d '
 log_min_messages = warning

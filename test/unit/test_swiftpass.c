@@ -618,6 +618,27 @@ static void t_vtable(void **state)
     assert_int_equal(CH->policy->close_min_age_ms, 300000);
     assert_int_equal(CH->policy->reverse_min_age_ms, 0);
     assert_int_equal(CH->policy->refund_query_delay_ms, 0);
+    /* 1.3: MD5 merchants are light (built and parsed on the core's loop),
+     * RSA ones and unreadable extras are not */
+    assert_non_null(CH->light);
+    gw_chan_order_t o;
+    memset(&o, 0, sizeof(o));
+    gw_chan_call_t c = mkcall(CTX, &M_MD5, &o, NULL, 0);
+    assert_true(CH->light(&c));
+    c = mkcall(CTX, &M_AGENT, &o, NULL, 0);
+    assert_true(CH->light(&c));
+    gw_chan_merchant_t plain = M_MD5;
+    plain.extra = S(""); /* no sign_type: MD5 */
+    c = mkcall(CTX, &plain, &o, NULL, 0);
+    assert_true(CH->light(&c));
+    c = mkcall(CTX, &M_RSA, &o, NULL, 0);
+    assert_false(CH->light(&c));
+    c = mkcall(CTX, &M_RSA11, &o, NULL, 0);
+    assert_false(CH->light(&c));
+    gw_chan_merchant_t bad = M_MD5;
+    bad.extra = S("{\"sign_type\":");
+    c = mkcall(CTX, &bad, &o, NULL, 0);
+    assert_false(CH->light(&c));
 }
 
 /* The .so exports exactly one function and has no writable data of its own
