@@ -237,6 +237,39 @@ gw_err_t gw_random(void *buf, size_t n)
     return GW_OK;
 }
 
+/* Nonces take their bytes from a per-thread pool refilled by getrandom 1 kB
+ * at a time: in a VM a getrandom call costs tens of microseconds, and every
+ * channel request needs a nonce (docs/performance.md).  Bytes are used once
+ * and wiped; a forked child refills before using any. */
+static _Thread_local struct {
+    uint8_t b[1024];
+    size_t left;
+    pid_t pid;
+} nonce_pool;
+
+static gw_err_t nonce_bytes(uint8_t *out, size_t n)
+{
+    if (nonce_pool.pid != getpid()) {
+        nonce_pool.left = 0;
+        nonce_pool.pid = getpid();
+    }
+    while (n > 0) {
+        if (nonce_pool.left == 0) {
+            gw_err_t rc = gw_random(nonce_pool.b, sizeof(nonce_pool.b));
+            if (rc != GW_OK) return rc;
+            nonce_pool.left = sizeof(nonce_pool.b);
+        }
+        size_t k = n < nonce_pool.left ? n : nonce_pool.left;
+        uint8_t *src = nonce_pool.b + sizeof(nonce_pool.b) - nonce_pool.left;
+        memcpy(out, src, k);
+        memset(src, 0, k);
+        nonce_pool.left -= k;
+        out += k;
+        n -= k;
+    }
+    return GW_OK;
+}
+
 gw_err_t gw_nonce(char *out, size_t n)
 {
     static const char alphabet[] =
@@ -245,7 +278,7 @@ gw_err_t gw_nonce(char *out, size_t n)
     size_t i = 0;
     while (i < n) {
         size_t chunk = n - i < sizeof(rnd) ? n - i : sizeof(rnd);
-        gw_err_t rc = gw_random(rnd, chunk);
+        gw_err_t rc = nonce_bytes(rnd, chunk);
         if (rc != GW_OK) return rc;
         for (size_t j = 0; j < chunk; j++) {
             /* 248 = 62*4: reject the tail to keep the distribution uniform */

@@ -314,6 +314,50 @@ static void test_host_table(void **state)
     assert_true(h->now_ms() > 1600000000000ull);
 }
 
+/* Nonces come from a per-thread pool of getrandom bytes: across many pool
+ * refills they stay distinct and use the whole alphabet, and a forked child
+ * never repeats what the parent draws next. */
+static void test_host_nonce_pool(void **state)
+{
+    (void)state;
+    const gw_host_api_t *h = gw_host_api();
+    enum { N = 400 };
+    static char seen[N][33];
+    int count[128] = { 0 };
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(h->nonce(seen[i], 32), GW_OK);
+        assert_int_equal(strlen(seen[i]), 32);
+        for (int j = 0; j < 32; j++) {
+            unsigned char c = (unsigned char)seen[i][j];
+            assert_true((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'));
+            count[c]++;
+        }
+        for (int k = 0; k < i; k++) assert_string_not_equal(seen[i], seen[k]);
+    }
+    int used = 0;
+    for (int c = 0; c < 128; c++) used += count[c] > 0;
+    assert_int_equal(used, 62); /* 12 800 characters: every one of the 62 appears */
+    for (int c = 0; c < 128; c++) assert_true(count[c] < 12800 / 62 * 2); /* none dominates */
+
+    int fd[2];
+    assert_int_equal(pipe(fd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char c[33];
+        _exit(h->nonce(c, 32) == GW_OK && write(fd[1], c, 32) == 32 ? 0 : 1);
+    }
+    char parent[33], child[33] = { 0 };
+    assert_int_equal(h->nonce(parent, 32), GW_OK);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(read(fd[0], child, 32), 32);
+    close(fd[0]);
+    close(fd[1]);
+    assert_string_not_equal(parent, child);
+}
+
 static void test_host_xml_parse(void **state)
 {
     (void)state;
@@ -1323,6 +1367,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_host_table),
+        cmocka_unit_test(test_host_nonce_pool),
         cmocka_unit_test(test_host_xml_parse),
         cmocka_unit_test(test_host_xml_reject),
         cmocka_unit_test(test_host_xml_roundtrip),
