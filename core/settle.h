@@ -1,14 +1,13 @@
 /*
  * settle.h — settlement statements and reconciliation against channel bills
- * (see settle.c; the storage side is storage/migrations/0007_settlement.sql).
+ * (see settle.c; the storage side is storage/migrations/0007_settlement.sql;
+ * the bills themselves are parsed by bill.h's gw_bill_parse).
  */
 #ifndef GW_SETTLE_H
 #define GW_SETTLE_H
 
 #include <stdio.h>
 #include "app.h"
-
-struct cJSON;
 
 /* Registers prepared statements; call before gw_pg_start. */
 void gw_settle_init(gw_app_t *app);
@@ -29,16 +28,6 @@ void gw_settle_admin_reconcile(gw_app_t *app, gw_http_req_t *req);
  * (kind adjustment) dated now: 201 {"entry"}; the same key again 200 with
  * "replayed": true; the key with other content 409; an unknown entry 422. */
 void gw_settle_admin_adjust(gw_app_t *app, gw_http_req_t *req);
-
-/* Parses a channel's bill file into rows for gw_reconcile():
- * [{"kind": "pay"|"refund", "trade_no", "refund_no"?, "amount" (fen),
- *   "status", "mch_id", "channel_trade_no"?, "time"?}, …].
- * GW_ENOTSUP for a channel whose format is not implemented, GW_EPARSE for
- * a malformed bill (err says where; for Alipay's zip also a truncated,
- * oversized or otherwise refused archive), GW_ENOMEM / GW_EIO (iconv)
- * otherwise.  text need not be NUL-terminated (Alipay's bill is a zip). */
-gw_err_t gw_bill_parse(const char *channel, const char *text, size_t len, struct cJSON **rows,
-                       char *err, size_t errlen);
 
 /* "YYYY-MM-DD" or "YYYYMMDD" → "YYYY-MM-DD" (out of 11 bytes); 0 when invalid. */
 int gw_settle_date(const char *in, char out[11]);

@@ -12,61 +12,35 @@
  */
 const test = require('node:test');
 const assert = require('node:assert');
-const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
+const st = require('../lib/settlement');
 
 const MCH = '755437000051';
 const KEY = 'settlement-md5-key-00000051';
-let services, sim, gw, shop;
-
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-}
-const today = () => new Date(Date.now() + 8 * 3600e3).toISOString().slice(0, 10);
-let seq = 0;
-const otn = (p) => `${p}${process.pid}x${seq++}`;
-
-test.before(async () => {
-  services = await h.startServices();
-  sim = await pg.startSim('swiftpass', ['--time-scale', '0.01']);
-  await sim.ctl('POST', '/_sim/merchants', { mch_id: MCH, sign_type: 'MD5', key: KEY });
-  gw = await h.startPaygated({ services, config: {
+const ctx = st.setup({
+  sim: ['swiftpass', ['--time-scale', '0.01']],
+  async prepare({ sim }) {
+    await sim.ctl('POST', '/_sim/merchants', { mch_id: MCH, sign_type: 'MD5', key: KEY });
+  },
+  config: ({ sim }) => ({
     tasks: { time_scale: 0.01, tick_ms: 20 },
     channels: { call_timeout_ms: 1500, settings: { swiftpass: { gateway_url: `${sim.url}/pay/gateway` } } },
-  } });
-  shop = await pg.setupShop(gw, { merchant: 'mj', shop: 'sj1', subs: [{ channel: 'swiftpass', mch_id: MCH, key: KEY }],
-    methods: ['barcode'] });
-  await pg.admin(gw, 'PUT', '/admin/shops/sj1/rates/swiftpass', { current_ppm: 6000 });
+  }),
+  shop: () => ({ merchant: 'mj', shop: 'sj1', subs: [{ channel: 'swiftpass', mch_id: MCH, key: KEY }], methods: ['barcode'] }),
+  after: ({ gw }) => pg.admin(gw, 'PUT', '/admin/shops/sj1/rates/swiftpass', { current_ppm: 6000 }),
 });
+const { psql } = ctx;
+const { today } = st;
 
-test.after(async () => {
-  if (gw) {
-    const r = await gw.stop();
-    assert.equal(r.code, 0, `paygated exit status\n${gw.logs().slice(-3000)}`);
-    assert.doesNotMatch(gw.logs(), /AddressSanitizer|LeakSanitizer|runtime error/);
-  }
-  if (sim) await sim.stop();
-  if (services) await services.close();
-});
-
-const adjust = (body) => h.request({ port: gw.adminPort, method: 'POST', path: '/admin/settlement/adjustments',
-  headers: { Authorization: `Bearer ${gw.adminToken}`, 'Content-Type': 'application/json' },
+const adjust = (body) => st.adminRequest(ctx.gw, { path: '/admin/settlement/adjustments', contentType: 'application/json',
   body: typeof body === 'string' ? body : JSON.stringify(body) });
-async function statement(date, format) {
-  const r = await shop.call('GET', `/v1/statements/sj1?date=${date}${format ? `&format=${format}` : ''}`);
-  assert.equal(r.status, 200, r.body);
-  return r;
-}
+const statement = (date, format) => st.statement(ctx, 'sj1', date, format);
 const entries = () => psql('SELECT count(*) FROM settlement_entries');
 const adjustments = () => psql("SELECT count(*) FROM settlement_entries WHERE kind = 'adjustment'");
 
 test('an adjustment is a new entry on the statement of its day; a retry books nothing twice; bad input writes nothing', async (t) => {
-  for (const amount of [10000, 2500]) {
-    const r = await shop.call('POST', '/v1/orders', { shop_id: 'sj1', out_trade_no: otn('J'), amount, subject: 'Tea',
-      method: 'barcode', auth_code: '134567890123456711' });
-    assert.equal(r.json.status, 'SUCCESS', r.body);
-  }
+  await st.payBarcode(ctx, { shopId: 'sj1', prefix: 'J', amounts: [10000, 2500], authCode: '134567890123456711' });
   await h.waitFor(() => psql("SELECT count(*) FROM settlement_entries WHERE shop_id = 'sj1'") === '2', 10000);
   const day = today();
   const before = (await statement(day)).json;
@@ -144,7 +118,6 @@ test('an adjustment is a new entry on the statement of its day; a retry books no
   assert.equal(ok.status, 201, ok.body);
   assert.equal((await statement(day)).json.totals.adjustments, 3);
   // GET is not allowed there
-  const get = await h.request({ port: gw.adminPort, path: '/admin/settlement/adjustments',
-    headers: { Authorization: `Bearer ${gw.adminToken}` } });
+  const get = await st.adminRequest(ctx.gw, { method: 'GET', path: '/admin/settlement/adjustments' });
   assert.equal(get.status, 405);
 });

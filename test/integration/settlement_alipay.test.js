@@ -21,68 +21,46 @@ process.env.TZ = 'Asia/Shanghai'; // the SDK writes its timestamp in local time;
 const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
-const fs = require('node:fs');
 const http = require('node:http');
-const os = require('node:os');
-const path = require('node:path');
 const zlib = require('node:zlib');
-const { execFileSync } = require('node:child_process');
 const { AlipaySdk } = require('alipay-sdk');
 const h = require('../lib/harness');
-const pg = require('../lib/paygate');
+const st = require('../lib/settlement');
 
 const SCALE = 0.01;
 const APP_ID = '2021004100000031';
 const SELLER = '2088102170000031';
 const TOKEN = '202411BBe5a2c7d9f03b4c1e8a6d2f7b9c0e1a31';
-let services, sim, gw, shop, tmp, keys;
+const DAY = st.today();
 
 const pem = (k, type) => k.export({ type, format: 'pem' });
 const genKeys = () => { const { publicKey, privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
   return { pub: publicKey, priv: privateKey, pubPem: pem(publicKey, 'spki'), privPem: pem(privateKey, 'pkcs8') }; };
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
-/* The business day (Asia/Shanghai = GMT+8) of now, YYYY-MM-DD. */
-const today = () => new Date(Date.now() + 8 * 3600e3).toISOString().slice(0, 10);
-const DAY = today();
-let seq = 0;
-const otn = (p) => `${p}${process.pid}x${seq++}`;
-
-test.before(async () => {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'paygate-settle-ali-'));
-  keys = { app: genKeys(), alipay: genKeys() };
-  [services, sim] = await Promise.all([h.startServices(), pg.startSim('alipay', ['--time-scale', String(SCALE)])]);
-  const r = await sim.ctl('POST', '/_sim/apps', { app_id: APP_ID, app_public_key: keys.app.pubPem,
-    alipay_private_key: keys.alipay.privPem, merchants: [{ seller_id: SELLER, app_auth_token: TOKEN }] });
-  assert.equal(r.status, 200, r.body);
-  gw = await h.startPaygated({
-    services,
-    config: {
-      http: { max_body_bytes: 4 << 20 }, // room for the zip bombs below
-      api: { min_expire_s: 60 },
-      tasks: { time_scale: SCALE, tick_ms: 20, created_grace_s: 600 },
-      channels: {
-        call_timeout_ms: 2000,
-        settings: { alipay: { gateway_url: `${sim.url}/gateway.do`, app_id: APP_ID, private_key: keys.app.privPem,
-          alipay_public_key: keys.alipay.pubPem } },
-      },
+const ctx = st.setup({
+  sim: ['alipay', ['--time-scale', String(SCALE)]],
+  tmp: 'paygate-settle-ali-',
+  async prepare(c) {
+    c.keys = { app: genKeys(), alipay: genKeys() };
+    const r = await c.sim.ctl('POST', '/_sim/apps', { app_id: APP_ID, app_public_key: c.keys.app.pubPem,
+      alipay_private_key: c.keys.alipay.privPem, merchants: [{ seller_id: SELLER, app_auth_token: TOKEN }] });
+    assert.equal(r.status, 200, r.body);
+  },
+  config: ({ sim, keys }) => ({
+    http: { max_body_bytes: 4 << 20 }, // room for the zip bombs below
+    api: { min_expire_s: 60 },
+    tasks: { time_scale: SCALE, tick_ms: 20, created_grace_s: 600 },
+    channels: {
+      call_timeout_ms: 2000,
+      settings: { alipay: { gateway_url: `${sim.url}/gateway.do`, app_id: APP_ID, private_key: keys.app.privPem,
+        alipay_public_key: keys.alipay.pubPem } },
     },
-  });
-  shop = await pg.setupShop(gw, { merchant: 'ma', shop: 'sa1', methods: ['alipay_qr', 'barcode'],
-    subs: [{ channel: 'alipay', mch_id: SELLER, extra: { app_auth_token: TOKEN } }] });
+  }),
+  shop: () => ({ merchant: 'ma', shop: 'sa1', methods: ['alipay_qr', 'barcode'],
+    subs: [{ channel: 'alipay', mch_id: SELLER, extra: { app_auth_token: TOKEN } }] }),
 });
-
-test.after(async () => {
-  if (gw) {
-    const r = await gw.stop();
-    assert.equal(r.code, 0, `paygated exit status\n${gw.logs().slice(-3000)}`);
-    assert.doesNotMatch(gw.logs(), /AddressSanitizer|LeakSanitizer|runtime error/);
-  }
-  if (sim) await sim.stop();
-  if (services) await services.close();
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
-});
+const { psql } = ctx;
+const rec = st.reconciler(ctx, { channel: 'alipay', date: DAY, mch: SELLER, contentType: 'application/zip', ext: 'zip',
+  timeoutMs: 30000 });
 
 /* ---- zip, independently of the simulator: read the central directory, write archives ---- */
 
@@ -145,6 +123,7 @@ function getBinary(url) {
 
 /* The bill's URL as Alipay's official SDK gets it, then the zip. */
 async function billZip() {
+  const { keys, sim } = ctx;
   const sdk = new AlipaySdk({ appId: APP_ID, privateKey: keys.app.privPem, keyType: 'PKCS8',
     alipayPublicKey: keys.alipay.pubPem, gateway: `${sim.url}/gateway.do` });
   const r = await sdk.exec('alipay.data.dataservice.bill.downloadurl.query',
@@ -173,9 +152,7 @@ function details(zipBuf) {
   return { files, i, lines, title, endAt, cols, body, idx: (n) => cols.indexOf(n),
     text: () => gbk.decode(files[i].data), type: (v) => gbk.decode(Buffer.from(v[cols.indexOf('业务类型')], 'latin1')).trim() };
 }
-const fenOf = (s) => { const t = s.trim(); const neg = t.startsWith('-'); const [a, b = ''] = t.replace('-', '').split('.');
-  const v = Number(a) * 100 + Number((b + '00').slice(0, 2)); return neg ? -v : v; };
-const yuan = (v) => `${v < 0 ? '-' : ''}${Math.floor(Math.abs(v) / 100)}.${String(Math.abs(v) % 100).padStart(2, '0')}`;
+const { fen: fenOf, yuan } = st;
 /* The file rebuilt with body as its lines and its totals lines recomputed (their numbers replaced in place). */
 function rebuild(d, body) {
   const R = d.idx('商家实收（元）');
@@ -193,38 +170,11 @@ function rebuild(d, body) {
   return zip(files);
 }
 
-async function reconcileAdmin(body) {
-  return h.request({ port: gw.adminPort, method: 'POST', path: `/admin/reconcile?channel=alipay&date=${DAY}&mch_id=${SELLER}`,
-    headers: { Authorization: `Bearer ${gw.adminToken}`, 'Content-Type': 'application/zip' }, body, timeoutMs: 30000 });
-}
-async function reconcileCli(body) {
-  const file = path.join(tmp, `bill-${seq++}.zip`);
-  fs.writeFileSync(file, body);
-  return h.runPaygated(['channel', 'reconcile', '-c', gw.configFile, '--channel', 'alipay', '--date', DAY,
-    '--mch-id', SELLER, '--json', file]);
-}
-async function refused(body, pattern) {
-  const r = await reconcileAdmin(body);
-  assert.equal(r.status, 422, r.body);
-  assert.equal(r.json.error.code, 'invalid_bill', r.body);
-  assert.match(r.json.error.message, pattern);
-}
-
 test('a day of Alipay payments and a refund: the bill matches; removed, foreign and changed lines are exactly the findings', async (t) => {
-  const paid = [];
-  for (const amount of [1234, 999, 50001, 7]) {
-    const r = await shop.call('POST', '/v1/orders', { shop_id: 'sa1', out_trade_no: otn('A'), amount, subject: 'Longjing 龙井',
-      method: 'barcode', auth_code: '283456789012345671' });
-    assert.equal(r.status, 200, r.body);
-    assert.equal(r.json.status, 'SUCCESS', r.body);
-    paid.push(r.json);
-  }
-  const rf = await shop.call('POST', `/v1/orders/${paid[2].trade_no}/refunds`, { out_refund_no: otn('RF'), amount: 10001 });
-  assert.equal(rf.status, 200, rf.body);
-  await h.waitFor(() => psql(`SELECT count(*) FROM refunds r JOIN orders o ON o.id = r.order_id
-      WHERE o.shop_id = 'sa1' AND r.status = 'SUCCESS'`) === '1', 20000);
-  const refundNo = psql("SELECT r.refund_no FROM refunds r JOIN orders o ON o.id = r.order_id WHERE o.shop_id = 'sa1'");
-  if (today() !== DAY) { t.skip('the business day turned during the test'); return; }
+  const paid = await st.payBarcode(ctx, { shopId: 'sa1', prefix: 'A', amounts: [1234, 999, 50001, 7],
+    subject: 'Longjing 龙井', authCode: '283456789012345671' });
+  const refundNo = await st.refundOne(ctx, { shopId: 'sa1', tradeNo: paid[2].trade_no, amount: 10001 });
+  if (st.today() !== DAY) { t.skip('the business day turned during the test'); return; }
 
   // the archive: two GBK CSV files with GBK names (no UTF-8 flag), the 业务明细 layout
   const z = await billZip();
@@ -244,12 +194,7 @@ test('a day of Alipay payments and a refund: the bill matches; removed, foreign 
   // the test's own rebuild of the untouched lines gives the very same file
   assert.deepEqual(details(rebuild(d, d.body)).files[d.i].data, d.files[d.i].data);
 
-  const clean = await reconcileAdmin(z);
-  assert.equal(clean.status, 200, clean.body);
-  assert.deepEqual([clean.json.result.findings, clean.json.result.lines], [0, 5], clean.body);
-  const cliClean = await reconcileCli(z);
-  assert.equal(cliClean.code, 0, cliClean.stderr + cliClean.stdout);
-  assert.equal(JSON.parse(cliClean.stdout).findings, 0);
+  await rec.expectClean(z, 5);
 
   // drop one payment, add one we never saw, change an amount by one fen (商家实收 too)
   const pays = d.body.filter((v) => d.type(v) === '交易');
@@ -265,75 +210,39 @@ test('a day of Alipay payments and a refund: the bill matches; removed, foreign 
   stranger[TXN] = '2026010122001400000000000001\t';
   altered.push(stranger);
   const z2 = rebuild(d, altered);
-  const r = await reconcileAdmin(z2);
-  assert.equal(r.status, 200, r.body);
-  const f = r.json.result;
-  assert.equal(f.findings, 3, r.body);
-  assert.deepEqual(f.missing_ours.map((x) => [x.kind, x.trade_no, x.mch_id]), [['pay', 'NOT-OURS-0000000000001', SELLER]]);
-  assert.deepEqual(f.missing_theirs.map((x) => [x.kind, x.trade_no]), [['pay', dropped]]);
-  assert.deepEqual(f.mismatch.map((x) => [x.kind, x.trade_no, x.theirs - x.ours]), [['amount', changed, 1]]);
-  const cli = await reconcileCli(z2);
-  assert.equal(cli.code, 1, cli.stderr + cli.stdout);
-  const c = JSON.parse(cli.stdout);
-  for (const k of ['missing_ours', 'missing_theirs', 'mismatch']) assert.deepEqual(c[k], f[k], k);
+  await rec.expectFindings(z2, { dropped, changed, mch: SELLER });
 
   // refused: not a zip, truncated, corrupt, the totals not adding up
-  await refused(d.files[d.i].data, /not a zip/);
-  await refused(z.subarray(0, z.length - 40), /truncated|corrupt/);
+  await rec.refused(d.files[d.i].data, /not a zip/);
+  await rec.refused(z.subarray(0, z.length - 40), /truncated|corrupt/);
   const corrupt = Buffer.from(z);
   corrupt[30 + z.readUInt16LE(26) + z.readUInt16LE(28) + 20] ^= 0xff; // inside the first entry's deflate data
-  await refused(corrupt, /corrupt|CRC|deflate/);
+  await rec.refused(corrupt, /corrupt|CRC|deflate/);
   const unsummed = zip(d.files.map((x, j) => (j === d.i ? { name: x.name,
     data: Buffer.from(x.data.toString('latin1').replace(`,${pays[1][A]},${pays[1][A]},`,
       `,${yuan(fenOf(pays[1][A]) + 100)},${yuan(fenOf(pays[1][A]) + 100)},`), 'latin1') } : x)));
-  await refused(unsummed, /交易合计/);
+  await rec.refused(unsummed, /交易合计/);
   const cutTotals = zip(d.files.map((x, j) => (j === d.i ? { name: x.name,
     data: Buffer.from(d.lines.slice(0, d.endAt).join('\r\n'), 'latin1') } : x)));
-  await refused(cutTotals, /truncated/);
+  await rec.refused(cutTotals, /truncated/);
   // zip bombs: an entry declaring 3 GiB, 100 MiB of zeros (declared truthfully), one inflating beyond its declared size
   const name = d.files[d.i].name;
-  await refused(zip([{ name, data: Buffer.alloc(1), usize: 3 * 2 ** 30 }]), /declares/);
+  await rec.refused(zip([{ name, data: Buffer.alloc(1), usize: 3 * 2 ** 30 }]), /declares/);
   const zeros = Buffer.alloc(100 << 20);
   const bomb = zip([{ name, data: zeros, comp: zlib.deflateRawSync(zeros, { level: 9 }) }]);
-  assert.ok(bomb.length < gw.config.http.max_body_bytes, `${bomb.length} bytes`);
-  await refused(bomb, /declares/);
-  await refused(zip([{ name, data: Buffer.alloc(1000), comp: zlib.deflateRawSync(Buffer.alloc(100000)), usize: 1000 }]),
+  assert.ok(bomb.length < ctx.gw.config.http.max_body_bytes, `${bomb.length} bytes`);
+  await rec.refused(bomb, /declares/);
+  await rec.refused(zip([{ name, data: Buffer.alloc(1000), comp: zlib.deflateRawSync(Buffer.alloc(100000)), usize: 1000 }]),
     /beyond its declared/);
-  const cliBomb = await reconcileCli(bomb);
+  const cliBomb = await rec.cli(bomb);
   assert.equal(cliBomb.code, 2, cliBomb.stderr);
   assert.match(cliBomb.stderr, /declares/);
   // nothing was written for any of the refused bills; the daemon is still well
   const runs = Number(psql("SELECT count(*) FROM reconciliations WHERE channel = 'alipay'"));
   assert.equal(runs, 4); // clean (admin, CLI), altered (admin, CLI)
-  assert.equal((await h.request({ port: gw.port, path: '/healthz' })).status, 200);
+  assert.equal((await h.request({ port: ctx.gw.port, path: '/healthz' })).status, 200);
 });
 
-test('a bill naming as paid a QR order still PENDING here (its notification lost) gets it settled by query', async () => {
-  const r = await shop.call('POST', '/v1/orders', { shop_id: 'sa1', out_trade_no: otn('Q'), amount: 2468, subject: 'Tea',
-    method: 'alipay_qr', expire_s: 86400 });
-  assert.equal(r.status, 200, r.body);
-  assert.equal(r.json.status, 'PENDING', r.body);
-  const tradeNo = r.json.trade_no;
-  // park its next check a day away (only while no job holds it), then the customer pays; the notification is lost
-  await h.waitFor(() => psql(`UPDATE orders SET next_check_at = now() + interval '1 day'
-      WHERE trade_no = '${tradeNo}' AND status = 'PENDING' AND (lease_until IS NULL OR lease_until < now())
-      RETURNING 1`).startsWith('1'), 10000);
-  let s = await sim.ctl('POST', '/_sim/faults', { drop_notify: true, count: 1 });
-  assert.equal(s.status, 200, s.body);
-  s = await sim.ctl('POST', '/_sim/pay', { seller_id: SELLER, out_trade_no: tradeNo });
-  assert.equal(s.status, 200, s.body);
-  await h.sleep(500);
-  assert.equal(psql(`SELECT status FROM orders WHERE trade_no = '${tradeNo}'`), 'PENDING');
-
-  const rec = await reconcileAdmin(await billZip());
-  assert.equal(rec.status, 200, rec.body);
-  const f = rec.json.result;
-  assert.deepEqual([f.missing_ours.length, f.missing_theirs.length, f.requeried], [0, 0, 1], rec.body);
-  assert.deepEqual(f.mismatch.map((x) => [x.kind, x.trade_no, x.ours, x.theirs, x.requery]),
-    [['status', tradeNo, 'PENDING', 'SUCCESS', true]]);
-  await h.waitFor(() => psql(`SELECT status FROM orders WHERE trade_no = '${tradeNo}'`) === 'SUCCESS', 15000);
-  assert.equal(psql(`SELECT e.source FROM order_events e JOIN orders o ON o.id = e.order_id
-      WHERE o.trade_no = '${tradeNo}' AND e.to_status = 'SUCCESS'`), 'query');
-  const again = await reconcileAdmin(await billZip());
-  assert.equal(again.json.result.findings, 0, again.body);
-});
+test('a bill naming as paid a QR order still PENDING here (its notification lost) gets it settled by query', () =>
+  st.pendingSettledByQuery(ctx, rec, { order: { shop_id: 'sa1', method: 'alipay_qr' }, pay: { seller_id: SELLER },
+    bill: billZip }));

@@ -14,63 +14,43 @@
 const test = require('node:test');
 const assert = require('node:assert');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
-const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
-const pg = require('../lib/paygate');
+const st = require('../lib/settlement');
 
 const FIX = path.join(h.ROOT, 'test', 'fixtures', 'mybank');
 const MCH = '226801000000000131';
 const ISV_ORG = '202211000000000001';
 const APPID = '2018000000000001';
 const SCALE = 0.01;
-let services, sim, gw, shop, tmp;
+const DAY = st.today();
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
-const today = () => new Date(Date.now() + 8 * 3600e3).toISOString().slice(0, 10);
-const DAY = today();
-let seq = 0;
-const otn = (p) => `${p}${process.pid}x${seq++}`;
-
-test.before(async () => {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'paygate-settle-mb-'));
-  [services, sim] = await Promise.all([h.startServices(), pg.startSim('mybank', ['--time-scale', String(SCALE)])]);
-  let r = await sim.ctl('POST', '/_sim/bank', { private_key: fs.readFileSync(path.join(FIX, 'bank_priv.pem'), 'utf8') });
-  assert.equal(r.status, 200, r.body);
-  r = await sim.ctl('POST', '/_sim/merchants', { mch_id: MCH, isv_org_id: ISV_ORG, appid: APPID,
-    public_key: fs.readFileSync(path.join(FIX, 'isv_pub.pem'), 'utf8') });
-  assert.equal(r.status, 200, r.body);
-  r = await sim.ctl('POST', '/_sim/settings', { refund_delay_s: 0 });
-  assert.equal(r.status, 200, r.body);
-  gw = await h.startPaygated({
-    services,
-    config: {
-      api: { min_expire_s: 60 },
-      tasks: { time_scale: SCALE, tick_ms: 20, created_grace_s: 300 },
-      channels: {
-        call_timeout_ms: 1500,
-        settings: { mybank: { gateway_url: `${sim.url}/open/api/common/request.htm`, isv_org_id: ISV_ORG, appid: APPID,
-          bank_public_key: fs.readFileSync(path.join(FIX, 'bank_pub_spki.b64'), 'utf8').trim() } },
-      },
+const ctx = st.setup({
+  sim: ['mybank', ['--time-scale', String(SCALE)]],
+  tmp: 'paygate-settle-mb-',
+  async prepare({ sim }) {
+    let r = await sim.ctl('POST', '/_sim/bank', { private_key: fs.readFileSync(path.join(FIX, 'bank_priv.pem'), 'utf8') });
+    assert.equal(r.status, 200, r.body);
+    r = await sim.ctl('POST', '/_sim/merchants', { mch_id: MCH, isv_org_id: ISV_ORG, appid: APPID,
+      public_key: fs.readFileSync(path.join(FIX, 'isv_pub.pem'), 'utf8') });
+    assert.equal(r.status, 200, r.body);
+    r = await sim.ctl('POST', '/_sim/settings', { refund_delay_s: 0 });
+    assert.equal(r.status, 200, r.body);
+  },
+  config: ({ sim }) => ({
+    api: { min_expire_s: 60 },
+    tasks: { time_scale: SCALE, tick_ms: 20, created_grace_s: 300 },
+    channels: {
+      call_timeout_ms: 1500,
+      settings: { mybank: { gateway_url: `${sim.url}/open/api/common/request.htm`, isv_org_id: ISV_ORG, appid: APPID,
+        bank_public_key: fs.readFileSync(path.join(FIX, 'bank_pub_spki.b64'), 'utf8').trim() } },
     },
-  });
-  shop = await pg.setupShop(gw, { merchant: 'mm', shop: 'sm1', methods: ['barcode', 'wechat_qr'],
-    subs: [{ channel: 'mybank', mch_id: MCH, private_key: fs.readFileSync(path.join(FIX, 'isv_priv.pem'), 'utf8') }] });
+  }),
+  shop: () => ({ merchant: 'mm', shop: 'sm1', methods: ['barcode', 'wechat_qr'],
+    subs: [{ channel: 'mybank', mch_id: MCH, private_key: fs.readFileSync(path.join(FIX, 'isv_priv.pem'), 'utf8') }] }),
 });
-
-test.after(async () => {
-  if (gw) {
-    const r = await gw.stop();
-    assert.equal(r.code, 0, `paygated exit status\n${gw.logs().slice(-3000)}`);
-    assert.doesNotMatch(gw.logs(), /AddressSanitizer|LeakSanitizer|runtime error/);
-  }
-  if (sim) await sim.stop();
-  if (services) await services.close();
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
-});
+const { psql } = ctx;
+const rec = st.reconciler(ctx, { channel: 'mybank', date: DAY, mch: MCH, contentType: 'text/csv' });
 
 const COLUMNS = 'TradeTime,MerchantId,OutTradeNo,OrderNo,TradeType,OutRefundNo,RefundOrderNo,Amount,Currency,TradeStatus';
 const SUMMARY = 'TotalCount,PayCount,PayAmount,RefundCount,RefundAmount';
@@ -87,47 +67,21 @@ function buildBill({ cols, body, idx }) {
     [body.length, succ('PAY').length, sum(succ('PAY')), succ('REFUND').length, sum(succ('REFUND'))].join(',')].join('\r\n') + '\r\n';
 }
 async function billText() {
-  const r = await sim.ctl('GET', `/_sim/bill?mch_id=${MCH}&date=${DAY}`);
+  const r = await ctx.sim.ctl('GET', `/_sim/bill?mch_id=${MCH}&date=${DAY}`);
   assert.equal(r.status, 200, r.body);
   assert.match(r.headers['content-type'], /^text\/csv/);
   return r.body;
 }
-async function reconcileAdmin(text) {
-  return h.request({ port: gw.adminPort, method: 'POST', path: `/admin/reconcile?channel=mybank&date=${DAY}&mch_id=${MCH}`,
-    headers: { Authorization: `Bearer ${gw.adminToken}`, 'Content-Type': 'text/csv' }, body: text });
-}
-async function reconcileCli(text) {
-  const file = path.join(tmp, `bill-${seq++}.csv`);
-  fs.writeFileSync(file, text);
-  return h.runPaygated(['channel', 'reconcile', '-c', gw.configFile, '--channel', 'mybank', '--date', DAY,
-    '--mch-id', MCH, '--json', file]);
-}
-async function refused(text, pattern) {
-  const r = await reconcileAdmin(text);
-  assert.equal(r.status, 422, r.body);
-  assert.equal(r.json.error.code, 'invalid_bill', r.body);
-  assert.match(r.json.error.message, pattern);
-}
 
 test('a day of MyBank payments and a refund: the bill matches; removed, foreign and changed lines are exactly the findings', async (t) => {
-  const paid = [];
-  for (const amount of [1234, 999, 50001, 7]) {
-    const r = await shop.call('POST', '/v1/orders', { shop_id: 'sm1', out_trade_no: otn('M'), amount, subject: 'Tea',
-      method: 'barcode', auth_code: '134567890123456781' });
-    assert.equal(r.status, 200, r.body);
-    assert.equal(r.json.status, 'SUCCESS', r.body);
-    paid.push(r.json);
-  }
+  const paid = await st.payBarcode(ctx, { shopId: 'sm1', prefix: 'M', amounts: [1234, 999, 50001, 7],
+    authCode: '134567890123456781' });
   // a failed payment: on the bill? no (never paid), and not ours to match either
-  const failed = await shop.call('POST', '/v1/orders', { shop_id: 'sm1', out_trade_no: otn('F'), amount: 300, subject: 'Tea',
-    method: 'barcode', auth_code: '134567890123450000' });
+  const failed = await ctx.shop.call('POST', '/v1/orders', { shop_id: 'sm1', out_trade_no: st.otn('F'), amount: 300,
+    subject: 'Tea', method: 'barcode', auth_code: '134567890123450000' });
   assert.equal(failed.json.status, 'FAILED', failed.body);
-  const rf = await shop.call('POST', `/v1/orders/${paid[2].trade_no}/refunds`, { out_refund_no: otn('RF'), amount: 10001 });
-  assert.equal(rf.status, 200, rf.body);
-  await h.waitFor(() => psql(`SELECT count(*) FROM refunds r JOIN orders o ON o.id = r.order_id
-      WHERE o.shop_id = 'sm1' AND r.status = 'SUCCESS'`) === '1', 20000);
-  const refundNo = psql("SELECT r.refund_no FROM refunds r JOIN orders o ON o.id = r.order_id WHERE o.shop_id = 'sm1'");
-  if (today() !== DAY) { t.skip('the business day turned during the test'); return; }
+  const refundNo = await st.refundOne(ctx, { shopId: 'sm1', tradeNo: paid[2].trade_no, amount: 10001 });
+  if (st.today() !== DAY) { t.skip('the business day turned during the test'); return; }
 
   const text = await billText();
   const bill = parseBill(text);
@@ -138,11 +92,7 @@ test('a day of MyBank payments and a refund: the bill matches; removed, foreign 
   const refundLine = bill.body.find((v) => v[T] === 'REFUND');
   assert.deepEqual([refundLine[OTN], refundLine[bill.idx('OutRefundNo')], refundLine[AMT]], [paid[2].trade_no, refundNo, '10001']);
 
-  const clean = await reconcileAdmin(text);
-  assert.equal(clean.status, 200, clean.body);
-  assert.deepEqual([clean.json.result.findings, clean.json.result.lines], [0, 5], clean.body);
-  const cliClean = await reconcileCli(text);
-  assert.equal(cliClean.code, 0, cliClean.stderr + cliClean.stdout);
+  await rec.expectClean(text, 5);
 
   const pays = bill.body.filter((v) => v[T] === 'PAY');
   const dropped = pays[0][OTN], changed = pays[1][OTN];
@@ -151,52 +101,16 @@ test('a day of MyBank payments and a refund: the bill matches; removed, foreign 
   const stranger = pays[2].map((x, i) => (i === OTN ? 'NOT-OURS-0000000000001' : x));
   altered.push(stranger);
   const text2 = buildBill({ ...bill, body: altered });
-  const r = await reconcileAdmin(text2);
-  assert.equal(r.status, 200, r.body);
-  const f = r.json.result;
-  assert.equal(f.findings, 3, r.body);
-  assert.deepEqual(f.missing_ours.map((x) => [x.kind, x.trade_no, x.mch_id]), [['pay', 'NOT-OURS-0000000000001', MCH]]);
-  assert.deepEqual(f.missing_theirs.map((x) => [x.kind, x.trade_no]), [['pay', dropped]]);
-  assert.deepEqual(f.mismatch.map((x) => [x.kind, x.trade_no, x.theirs - x.ours]), [['amount', changed, 1]]);
-  const cli = await reconcileCli(text2);
-  assert.equal(cli.code, 1, cli.stderr + cli.stdout);
-  const c = JSON.parse(cli.stdout);
-  for (const k of ['missing_ours', 'missing_theirs', 'mismatch']) assert.deepEqual(c[k], f[k], k);
+  await rec.expectFindings(text2, { dropped, changed, mch: MCH });
 
   // refused: truncated (no summary), a summary that does not add up, a fractional amount
-  await refused(text2.split('\r\n').slice(0, -3).join('\r\n'), /truncated/);
-  await refused(text2.replace(/\r\n(\d+),/, (m, n) => `\r\n${Number(n) + 1},`), /TotalCount/);
-  await refused(text.replace(`,${pays[1][AMT]},CNY`, `,${pays[1][AMT]}.00,CNY`), /whole fen/);
-  const badCli = await reconcileCli(text2.split('\r\n').slice(0, -3).join('\r\n'));
+  await rec.refused(text2.split('\r\n').slice(0, -3).join('\r\n'), /truncated/);
+  await rec.refused(text2.replace(/\r\n(\d+),/, (m, n) => `\r\n${Number(n) + 1},`), /TotalCount/);
+  await rec.refused(text.replace(`,${pays[1][AMT]},CNY`, `,${pays[1][AMT]}.00,CNY`), /whole fen/);
+  const badCli = await rec.cli(text2.split('\r\n').slice(0, -3).join('\r\n'));
   assert.equal(badCli.code, 2, badCli.stderr);
   assert.equal(Number(psql("SELECT count(*) FROM reconciliations WHERE channel = 'mybank'")), 4);
 });
 
-test('a bill naming as paid a QR order still PENDING here (its notification lost) gets it settled by query', async () => {
-  const r = await shop.call('POST', '/v1/orders', { shop_id: 'sm1', out_trade_no: otn('Q'), amount: 2468, subject: 'Tea',
-    method: 'wechat_qr', expire_s: 86400 });
-  assert.equal(r.status, 200, r.body);
-  assert.equal(r.json.status, 'PENDING', r.body);
-  const tradeNo = r.json.trade_no;
-  await h.waitFor(() => psql(`UPDATE orders SET next_check_at = now() + interval '1 day'
-      WHERE trade_no = '${tradeNo}' AND status = 'PENDING' AND (lease_until IS NULL OR lease_until < now())
-      RETURNING 1`).startsWith('1'), 10000);
-  let s = await sim.ctl('POST', '/_sim/faults', { drop_notify: true, count: 1 });
-  assert.equal(s.status, 200, s.body);
-  s = await sim.ctl('POST', '/_sim/pay', { mch_id: MCH, out_trade_no: tradeNo });
-  assert.equal(s.status, 200, s.body);
-  await h.sleep(500);
-  assert.equal(psql(`SELECT status FROM orders WHERE trade_no = '${tradeNo}'`), 'PENDING');
-
-  const rec = await reconcileAdmin(await billText());
-  assert.equal(rec.status, 200, rec.body);
-  const f = rec.json.result;
-  assert.deepEqual([f.missing_ours.length, f.missing_theirs.length, f.requeried], [0, 0, 1], rec.body);
-  assert.deepEqual(f.mismatch.map((x) => [x.kind, x.trade_no, x.ours, x.theirs, x.requery]),
-    [['status', tradeNo, 'PENDING', 'SUCCESS', true]]);
-  await h.waitFor(() => psql(`SELECT status FROM orders WHERE trade_no = '${tradeNo}'`) === 'SUCCESS', 15000);
-  assert.equal(psql(`SELECT e.source FROM order_events e JOIN orders o ON o.id = e.order_id
-      WHERE o.trade_no = '${tradeNo}' AND e.to_status = 'SUCCESS'`), 'query');
-  const again = await reconcileAdmin(await billText());
-  assert.equal(again.json.result.findings, 0, again.body);
-});
+test('a bill naming as paid a QR order still PENDING here (its notification lost) gets it settled by query', () =>
+  st.pendingSettledByQuery(ctx, rec, { order: { shop_id: 'sm1', method: 'wechat_qr' }, pay: { mch_id: MCH }, bill: billText }));

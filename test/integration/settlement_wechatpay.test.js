@@ -17,125 +17,74 @@ const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
-const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
-const pg = require('../lib/paygate');
+const st = require('../lib/settlement');
 
 const SCALE = 0.01;
 const APPID = 'wxd678efh567hg6787';
 const MCH = '1900000451';
-let services, sim, gw, shop, tmp;
+const DAY = st.today();
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
 const pem = (k, type) => k.export(type === 'private' ? { type: 'pkcs8', format: 'pem' } : { type: 'spki', format: 'pem' });
-/* The business day (Asia/Shanghai = the simulator's GMT+8) of now, YYYY-MM-DD. */
-const today = () => new Date(Date.now() + 8 * 3600e3).toISOString().slice(0, 10);
-const DAY = today();
-let seq = 0;
-const otn = (p) => `${p}${process.pid}x${seq++}`;
-
-test.before(async () => {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'paygate-settle-wx-'));
-  [services, sim] = await Promise.all([h.startServices(), pg.startSim('wechatpay', ['--time-scale', String(SCALE)])]);
-  const { publicKey, privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const apiv3 = crypto.randomBytes(16).toString('hex');
-  const serial = crypto.randomBytes(20).toString('hex').toUpperCase();
-  const plat = (await sim.ctl('GET', '/_sim/platform')).json;
-  let r = await sim.ctl('POST', '/_sim/merchants', { mch_id: MCH, appid: APPID, apiv3_key: apiv3,
-    merchant_public_key: pem(publicKey), merchant_serial: serial });
-  assert.equal(r.status, 200, r.body);
-  r = await sim.ctl('POST', '/_sim/settings', { refund_delay_s: 0 });
-  assert.equal(r.status, 200, r.body);
-  const chdir = path.join(tmp, 'channels');
-  fs.mkdirSync(chdir, { mode: 0o755 });
-  fs.copyFileSync(path.join(h.ROOT, 'build', 'asan', 'channels', 'wechatpay.so'), path.join(chdir, 'wechatpay.so'));
-  fs.chmodSync(path.join(chdir, 'wechatpay.so'), 0o755);
-  gw = await h.startPaygated({
-    services,
-    config: {
-      api: { min_expire_s: 60 },
-      tasks: { time_scale: SCALE, tick_ms: 20 },
-      channels: {
-        dir: chdir,
-        call_timeout_ms: 2000,
-        settings: { wechatpay: { base_url: sim.url, platform_keys: [{ key: plat.certificate.pem },
-          { serial: plat.public_key.id, key: plat.public_key.pem }] } },
-      },
+const ctx = st.setup({
+  sim: ['wechatpay', ['--time-scale', String(SCALE)]],
+  tmp: 'paygate-settle-wx-',
+  async prepare(c) {
+    const { publicKey, privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+    c.privateKey = privateKey;
+    c.apiv3 = crypto.randomBytes(16).toString('hex');
+    c.serial = crypto.randomBytes(20).toString('hex').toUpperCase();
+    c.plat = (await c.sim.ctl('GET', '/_sim/platform')).json;
+    let r = await c.sim.ctl('POST', '/_sim/merchants', { mch_id: MCH, appid: APPID, apiv3_key: c.apiv3,
+      merchant_public_key: pem(publicKey), merchant_serial: c.serial });
+    assert.equal(r.status, 200, r.body);
+    r = await c.sim.ctl('POST', '/_sim/settings', { refund_delay_s: 0 });
+    assert.equal(r.status, 200, r.body);
+    c.chdir = path.join(c.tmp, 'channels');
+    fs.mkdirSync(c.chdir, { mode: 0o755 });
+    fs.copyFileSync(path.join(h.ROOT, 'build', 'asan', 'channels', 'wechatpay.so'), path.join(c.chdir, 'wechatpay.so'));
+    fs.chmodSync(path.join(c.chdir, 'wechatpay.so'), 0o755);
+  },
+  config: ({ sim, chdir, plat }) => ({
+    api: { min_expire_s: 60 },
+    tasks: { time_scale: SCALE, tick_ms: 20 },
+    channels: {
+      dir: chdir,
+      call_timeout_ms: 2000,
+      settings: { wechatpay: { base_url: sim.url, platform_keys: [{ key: plat.certificate.pem },
+        { serial: plat.public_key.id, key: plat.public_key.pem }] } },
     },
-  });
-  shop = await pg.setupShop(gw, { merchant: 'mw', shop: 'sw1', methods: ['barcode', 'wechat_qr'],
-    subs: [{ channel: 'wechatpay', mch_id: MCH, app_id: APPID, key: apiv3, private_key: pem(privateKey, 'private'),
-      extra: { serial_no: serial } }] });
+  }),
+  shop: (c) => ({ merchant: 'mw', shop: 'sw1', methods: ['barcode', 'wechat_qr'],
+    subs: [{ channel: 'wechatpay', mch_id: MCH, app_id: APPID, key: c.apiv3, private_key: pem(c.privateKey, 'private'),
+      extra: { serial_no: c.serial } }] }),
 });
-
-test.after(async () => {
-  if (gw) {
-    const r = await gw.stop();
-    assert.equal(r.code, 0, `paygated exit status\n${gw.logs().slice(-3000)}`);
-    assert.doesNotMatch(gw.logs(), /AddressSanitizer|LeakSanitizer|runtime error/);
-  }
-  if (sim) await sim.stop();
-  if (services) await services.close();
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
-});
+const { psql } = ctx;
+const rec = st.reconciler(ctx, { channel: 'wechatpay', date: DAY, mch: MCH });
 
 /* ---- the bill, as arrays of values, and rebuilt with a correct summary ---- */
 
 const SUMMARY = '总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额';
-function parseBill(text) {
-  const lines = text.split('\r\n').filter(Boolean);
-  const cols = lines[0].split(',');
-  const body = lines.slice(1, -2).map((l) => l.slice(1).split(',`'));
-  return { cols, body, idx: (name) => cols.indexOf(name), summary: [lines.at(-2), lines.at(-1)] };
-}
-/* yuan string ↔ fen, exactly */
-const fen = (s) => { const [i, f = ''] = s.replace('-', '').split('.'); const v = Number(i) * 100 + Number((f + '00').slice(0, 2)); return s.startsWith('-') ? -v : v; };
-const yuan = (v) => `${v < 0 ? '-' : ''}${Math.floor(Math.abs(v) / 100)}.${String(Math.abs(v) % 100).padStart(2, '0')}`;
+const { fen, yuan, parseTickBill: parseBill } = st;
 function buildBill({ cols, body, idx }) {
   const sum = (name) => yuan(body.reduce((s, v) => s + fen(v[idx(name)]), 0));
-  return [cols.join(','), ...body.map((v) => v.map((x) => '`' + x).join(',')), SUMMARY,
-    ['`' + body.length, '`' + sum('应结订单金额'), '`' + sum('退款金额'), '`0.00', '`' + sum('手续费'), '`' + sum('订单金额'),
-      '`' + sum('申请退款金额')].join(',')].join('\r\n') + '\r\n';
+  return st.buildTickBill(cols, body, SUMMARY,
+    [body.length, sum('应结订单金额'), sum('退款金额'), '0.00', sum('手续费'), sum('订单金额'), sum('申请退款金额')]);
 }
 
 async function billText() {
-  const r = await sim.ctl('GET', `/_sim/bill?mchid=${MCH}&date=${DAY}`);
+  const r = await ctx.sim.ctl('GET', `/_sim/bill?mchid=${MCH}&date=${DAY}`);
   assert.equal(r.status, 200, r.body);
   return r.body;
-}
-async function reconcileAdmin(text) {
-  return h.request({
-    port: gw.adminPort, method: 'POST', path: `/admin/reconcile?channel=wechatpay&date=${DAY}&mch_id=${MCH}`,
-    headers: { Authorization: `Bearer ${gw.adminToken}`, 'Content-Type': 'text/plain' }, body: text,
-  });
-}
-async function reconcileCli(text) {
-  const file = path.join(tmp, `bill-${seq++}.csv`);
-  fs.writeFileSync(file, text);
-  return h.runPaygated(['channel', 'reconcile', '-c', gw.configFile, '--channel', 'wechatpay', '--date', DAY,
-    '--mch-id', MCH, '--json', file]);
 }
 
 test('a day of WeChat Pay payments and a refund: the simulator\'s bill matches; removed, foreign and changed lines are exactly the findings', async (t) => {
   // a few paid orders (codepay, immediate SUCCESS) and one refund
-  const paid = [];
-  for (const amount of [1234, 999, 50001, 7]) {
-    const r = await shop.call('POST', '/v1/orders', { shop_id: 'sw1', out_trade_no: otn('W'), amount, subject: 'Tea',
-      method: 'barcode', auth_code: '134567890123456781' });
-    assert.equal(r.status, 200, r.body);
-    assert.equal(r.json.status, 'SUCCESS', r.body);
-    paid.push(r.json);
-  }
-  const rf = await shop.call('POST', `/v1/orders/${paid[2].trade_no}/refunds`, { out_refund_no: otn('RF'), amount: 10001 });
-  assert.equal(rf.status, 200, rf.body);
-  await h.waitFor(() => psql(`SELECT count(*) FROM refunds r JOIN orders o ON o.id = r.order_id
-      WHERE o.shop_id = 'sw1' AND r.status = 'SUCCESS'`) === '1', 20000);
-  const refundNo = psql(`SELECT r.refund_no FROM refunds r JOIN orders o ON o.id = r.order_id WHERE o.shop_id = 'sw1'`);
-  if (today() !== DAY) { // midnight GMT+8 passed during the test: the day is split
+  const paid = await st.payBarcode(ctx, { shopId: 'sw1', prefix: 'W', amounts: [1234, 999, 50001, 7],
+    authCode: '134567890123456781' });
+  const refundNo = await st.refundOne(ctx, { shopId: 'sw1', tradeNo: paid[2].trade_no, amount: 10001 });
+  if (st.today() !== DAY) { // midnight GMT+8 passed during the test: the day is split
     t.skip('the business day turned during the test');
     return;
   }
@@ -155,12 +104,7 @@ test('a day of WeChat Pay payments and a refund: the simulator\'s bill matches; 
   // the simulator's summary is the one the test computes
   assert.equal(buildBill(bill), text);
 
-  const clean = await reconcileAdmin(text);
-  assert.equal(clean.status, 200, clean.body);
-  assert.deepEqual([clean.json.result.findings, clean.json.result.lines], [0, 5], clean.body);
-  const cliClean = await reconcileCli(text);
-  assert.equal(cliClean.code, 0, cliClean.stderr + cliClean.stdout);
-  assert.equal(JSON.parse(cliClean.stdout).findings, 0);
+  await rec.expectClean(text, 5);
 
   // alter it: drop one payment line, add a payment we never saw, change an amount
   const pays = bill.body.filter((v) => v[S] === 'SUCCESS');
@@ -179,28 +123,12 @@ test('a day of WeChat Pay payments and a refund: the simulator\'s bill matches; 
   altered.push(stranger);
   const text2 = buildBill({ ...bill, body: altered });
 
-  const r = await reconcileAdmin(text2);
-  assert.equal(r.status, 200, r.body);
-  const f = r.json.result;
-  assert.equal(f.findings, 3, r.body);
-  assert.deepEqual(f.missing_ours.map((x) => [x.kind, x.trade_no, x.mch_id]), [['pay', 'NOT-OURS-0000000000001', MCH]]);
-  assert.deepEqual(f.missing_theirs.map((x) => [x.kind, x.trade_no]), [['pay', dropped]]);
-  assert.equal(f.mismatch.length, 1);
-  assert.deepEqual([f.mismatch[0].kind, f.mismatch[0].trade_no], ['amount', changed]);
-  assert.equal(f.mismatch[0].theirs, f.mismatch[0].ours + 1);
-  const cli = await reconcileCli(text2);
-  assert.equal(cli.code, 1, cli.stderr + cli.stdout);
-  const c = JSON.parse(cli.stdout);
-  for (const k of ['missing_ours', 'missing_theirs', 'mismatch']) assert.deepEqual(c[k], f[k], k);
+  await rec.expectFindings(text2, { dropped, changed, mch: MCH });
   assert.ok(Number(psql("SELECT count(*) FROM reconciliations WHERE channel = 'wechatpay'")) >= 4);
 
   // a truncated bill, a summary that does not add up, and one amount changed without its summary are refused
-  const trunc = await reconcileAdmin(text2.split('\r\n').slice(0, -3).join('\r\n'));
-  assert.equal(trunc.status, 422, trunc.body);
-  assert.equal(trunc.json.error.code, 'invalid_bill');
-  const lying = await reconcileAdmin(text2.replace(/\r\n`(\d+),/, (m, n) => `\r\n\`${Number(n) + 1},`));
-  assert.equal(lying.status, 422, lying.body);
-  assert.equal(lying.json.error.code, 'invalid_bill');
+  await rec.refused(text2.split('\r\n').slice(0, -3).join('\r\n'));
+  await rec.refused(text2.replace(/\r\n`(\d+),/, (m, n) => `\r\n\`${Number(n) + 1},`));
   const unsummed = text.split('\r\n').map((l) => {
     if (!l.startsWith('`') || l.slice(1).split(',`')[OTN] !== changed) return l;
     const v = l.slice(1).split(',`');
@@ -208,12 +136,10 @@ test('a day of WeChat Pay payments and a refund: the simulator\'s bill matches; 
     return v.map((x) => '`' + x).join(',');
   }).join('\r\n');
   assert.notEqual(unsummed, text);
-  const bad = await reconcileAdmin(unsummed);
-  assert.equal(bad.status, 422, bad.body);
-  assert.match(bad.json.error.message, /订单总金额/);
-  const badCli = await reconcileCli(unsummed);
+  await rec.refused(unsummed, /订单总金额/);
+  const badCli = await rec.cli(unsummed);
   assert.equal(badCli.code, 2, badCli.stderr + badCli.stdout);
   // a Swiftpass bill is not a WeChat Pay bill
-  const swift = await reconcileAdmin('交易时间,商户号\r\n总交易单数,总交易额,总退款金额\r\n`0,`0.00,`0.00\r\n');
+  const swift = await rec.admin('交易时间,商户号\r\n总交易单数,总交易额,总退款金额\r\n`0,`0.00,`0.00\r\n');
   assert.equal(swift.status, 422, swift.body);
 });

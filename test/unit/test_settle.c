@@ -1,5 +1,5 @@
 /*
- * test_settle.c — the bill parsers of core/settle.c (gw_bill_parse) for
+ * test_settle.c — the bill parsers of core/bill.c (gw_bill_parse) for
  * Alipay (a zip of GBK CSV files) and MyBank (plain CSV), and WeChat Pay's
  * fee and voucher totals: rows, totals
  * checks, and the refusals of a malformed archive — not a zip, truncated,
@@ -22,7 +22,7 @@
 #include <zlib.h>
 #include <cjson/cJSON.h>
 
-#include "settle.h"
+#include "bill.h"
 
 /* ---- a growable byte buffer ---- */
 
