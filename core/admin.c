@@ -45,6 +45,7 @@ static void invalidate(adm_t *a, const cJSON *result)
         snprintf(key, sizeof(key), "gw:shop:%s", a->shop);
         const char *argv[] = { "DEL", key };
         gw_redis_cmdargv(a->app->redis, NULL, NULL, 2, argv, NULL);
+        gw_routes_forget(a->app, a->shop);
     }
     const cJSON *shops = cJSON_GetObjectItemCaseSensitive(result, "shops"), *it;
     cJSON_ArrayForEach(it, shops) {
@@ -52,6 +53,7 @@ static void invalidate(adm_t *a, const cJSON *result)
         snprintf(key, sizeof(key), "gw:shop:%s", it->valuestring);
         const char *argv[] = { "DEL", key };
         gw_redis_cmdargv(a->app->redis, NULL, NULL, 2, argv, NULL);
+        gw_routes_forget(a->app, it->valuestring);
     }
     const cJSON *sub = cJSON_GetObjectItemCaseSensitive(result, "sub_merchant_id");
     if (cJSON_IsNumber(sub)) gw_subcache_forget(a->app, (int64_t)sub->valuedouble);

@@ -255,6 +255,8 @@ static void sc_mch_put(const cJSON *row, int64_t id)
     m->id = id;
 }
 
+static void routes_cache_free(void);
+
 static void subcache_free(void)
 {
     for (int i = 0; i < SC_BUCKETS; i++) {
@@ -291,6 +293,7 @@ void gw_api_init(gw_app_t *app)
 void gw_api_free(gw_app_t *app)
 {
     subcache_free();
+    routes_cache_free();
     if (app->merchants == NULL) return;
     for (int i = 0; i < MC_BUCKETS; i++) {
         for (mc_entry_t *e = app->merchants->b[i], *n; e; e = n) {
@@ -995,7 +998,79 @@ static void try_binding(api_req_t *a)
     no_binding_left(a);
 }
 
-static void routes_ready(api_req_t *a, cJSON *routes)
+/* Shops' routing documents (no secrets), parsed, in process for a moment:
+ * the Redis GET and the parse are saved for the orders of the next
+ * ROUTES_TTL_MS.  A change on this node drops its entry at once
+ * (gw_routes_forget); other nodes see it within ROUTES_TTL_MS. */
+#define ROUTES_BUCKETS 256
+#define ROUTES_TTL_MS 2000
+
+typedef struct routes_entry {
+    struct routes_entry *next;
+    char shop[40];
+    cJSON *doc;
+    uint64_t fetched_ms;
+} routes_entry_t;
+
+static routes_entry_t *routes_cache[ROUTES_BUCKETS];
+
+static routes_entry_t **routes_slot(const char *shop)
+{
+    unsigned h = 2166136261u;
+    for (const char *p = shop; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    routes_entry_t **pp = &routes_cache[h % ROUTES_BUCKETS];
+    while (*pp && strcmp((*pp)->shop, shop) != 0) pp = &(*pp)->next;
+    return pp;
+}
+
+static const cJSON *routes_cached(const char *shop)
+{
+    routes_entry_t *e = *routes_slot(shop);
+    return e && e->doc && gw_now_ms() - e->fetched_ms < ROUTES_TTL_MS ? e->doc : NULL;
+}
+
+/* Takes doc. */
+static void routes_put(const char *shop, cJSON *doc)
+{
+    if (strlen(shop) >= sizeof(((routes_entry_t *)0)->shop)) {
+        cJSON_Delete(doc);
+        return;
+    }
+    routes_entry_t **pp = routes_slot(shop), *e = *pp;
+    if (e == NULL) {
+        e = calloc(1, sizeof(*e));
+        if (e == NULL) {
+            cJSON_Delete(doc);
+            return;
+        }
+        snprintf(e->shop, sizeof(e->shop), "%s", shop);
+        *pp = e;
+    }
+    cJSON_Delete(e->doc);
+    e->doc = doc;
+    e->fetched_ms = gw_now_ms();
+}
+
+void gw_routes_forget(gw_app_t *app, const char *shop)
+{
+    (void)app;
+    routes_entry_t *e = *routes_slot(shop);
+    if (e) e->fetched_ms = 0;
+}
+
+static void routes_cache_free(void)
+{
+    for (int i = 0; i < ROUTES_BUCKETS; i++) {
+        for (routes_entry_t *e = routes_cache[i], *n; e; e = n) {
+            n = e->next;
+            cJSON_Delete(e->doc);
+            free(e);
+        }
+        routes_cache[i] = NULL;
+    }
+}
+
+static void routes_ready(api_req_t *a, const cJSON *routes)
 {
     const char *owner = jstr(routes, "merchant_id");
     const cJSON *methods = cJSON_GetObjectItemCaseSensitive(routes, "methods");
@@ -1030,6 +1105,7 @@ static void routes_pg_cb(void *udata, gw_err_t err, cJSON *j)
         gw_redis_cmdargv(a->app->redis, NULL, NULL, 5, argv, NULL);
         cJSON_free(text);
     }
+    routes_put(jstr(a->body, "shop_id"), cJSON_Duplicate(j, 1));
     routes_ready(a, j);
 }
 
@@ -1047,7 +1123,7 @@ static void routes_redis_cb(void *udata, gw_err_t err, redisReply *r)
         cJSON *j = cJSON_ParseWithLength(r->str, r->len);
         if (j) {
             routes_ready(a, j);
-            cJSON_Delete(j);
+            routes_put(jstr(a->body, "shop_id"), j);
             return;
         }
     }
@@ -1057,6 +1133,11 @@ static void routes_redis_cb(void *udata, gw_err_t err, redisReply *r)
 static void create_validated(api_req_t *a)
 {
     char key[128];
+    const cJSON *cached = routes_cached(jstr(a->body, "shop_id"));
+    if (cached) {
+        routes_ready(a, cached);
+        return;
+    }
     snprintf(key, sizeof(key), "gw:shop:%s", jstr(a->body, "shop_id"));
     if (gw_redis_cmd(a->app->redis, routes_redis_cb, a, "GET %s", key) != GW_OK) routes_load_pg(a);
 }
