@@ -212,3 +212,24 @@ test('fee rates: current, then future from future_from; half-up rounding; cashba
   assert.equal(cb.cashback, 12); // 12.345 → 12
   assert.equal(cb.fee, 74);      // 74.07 → 74
 });
+
+test('merchants, shops and sub-merchants that orders name can be neither deleted nor renumbered', async () => {
+  const r = await m.call('POST', '/v1/orders', barcode('s1', { amount: 100 }));
+  assert.equal(r.json.status, 'SUCCESS', r.body);
+  const [shop, merchant, sub] = psql(`SELECT shop_id || ' ' || merchant_id || ' ' || sub_merchant_id FROM orders WHERE trade_no = '${r.json.trade_no}'`).split(' ');
+  const refused = (sql) => {
+    let err = '';
+    try { psql(sql); } catch (e) { err = String(e.stderr || e.message); }
+    assert.match(err, /never deleted and keep their id/, sql);
+  };
+  refused(`DELETE FROM shops WHERE id = '${shop}'`);
+  refused(`DELETE FROM merchants WHERE id = '${merchant}'`);
+  refused(`DELETE FROM sub_merchants WHERE id = ${sub}`);
+  refused(`UPDATE shops SET id = 'renamed' WHERE id = '${shop}'`);
+  refused(`UPDATE sub_merchants SET id = id + 1000 WHERE id = ${sub}`);
+  refused('TRUNCATE merchants CASCADE');
+  // all still there, and the order still names them
+  assert.equal(psql(`SELECT count(*) FROM orders o JOIN shops s ON s.id = o.shop_id JOIN merchants me ON me.id = o.merchant_id JOIN sub_merchants su ON su.id = o.sub_merchant_id WHERE o.trade_no = '${r.json.trade_no}'`), '1');
+  // ordinary changes go on
+  psql(`UPDATE shops SET name = name WHERE id = '${shop}'`);
+});
