@@ -142,7 +142,10 @@ BEGIN
             lease_owner = NULL,
             lease_until = NULL,
             updated_at = now()
-         WHERE o.id = ANY (v_ids) AND o.status = 'CREATED'
+         -- "|| ''": the status test must not match orders_due_idx's predicate,
+         -- or the planner ANDs in a scan of that whole index (every open
+         -- order) — measured when many orders were CREATED at once
+         WHERE o.id = ANY (v_ids) AND o.status || '' = 'CREATED'
         RETURNING o AS nr, (v_m->(o.id::text)->>0)::int AS k, v_m->(o.id::text)->2 AS patch
     ), ev AS (
         INSERT INTO order_events (order_id, from_status, to_status, source, detail)
