@@ -282,8 +282,8 @@ void gw_api_init(gw_app_t *app)
     for (size_t i = 0; i < GW_ARRAY_SIZE(stmts); i++) gw_pg_prepare(app->pg, stmts[i].name, stmts[i].sql);
     /* the hot writes: many orders per transaction and WAL flush when they
      * arrive together (docs/performance.md) */
-    gw_pg_batchable(app->pg, "order_create", "order_create_many", 1u, 64);
-    gw_pg_batchable(app->pg, "order_transition_first", "order_transition_first_many", 1u << 3, 64);
+    gw_pg_batchable(app->pg, "order_create", "order_create_many", 1u, 32);
+    gw_pg_batchable(app->pg, "order_transition_first", "order_transition_first_many", 1u << 3, 32);
     gw_pg_batchable(app->pg, "notify_ingest", "notify_ingest_many", 1u, 64);
     gw_settle_init(app);
     gw_chanop_metrics_init();

@@ -23,7 +23,9 @@
  * PostgreSQL's postmaster), --rss-pid PID (its VmRSS/VmHWM at the end),
  * --tag TEXT (put in the output), --prefix TEXT (unique ids), --backoff-ms N
  * (after a bad answer a connection waits N ms before its next request, as a
- * merchant that backs off; default 0).
+ * merchant that backs off; default 0), --ramp-ms N (connection i sends its
+ * first request after i/conns × N ms: with a slow server the closed loops then
+ * stay spread out instead of all answering at once).
  *
  * Output: one JSON object on stdout (rate, latency percentiles over every
  * good request of the window, status counts, CPU per watched process, the
@@ -62,6 +64,7 @@ static struct {
     const char *orders_file, *key, *mch, *path, *expect, *watch, *ready_file, *tag, *prefix;
     const char *merchants; /* sp-stub: mch:key,mch:key */
     double backoff_ms;     /* pause after a bad answer */
+    double ramp_ms;        /* connection i sends its first request at i/conns of this */
     int rss_pid;
     int max_connecting;
 } opt = {
@@ -301,6 +304,7 @@ struct conn {
     int open;      /* tcp initialised and not yet closed */
     int busy;      /* a request is in flight */
     int answered;  /* idle mode: got its one answer */
+    int ramped;    /* --ramp-ms: the first request was delayed */
     buf_t out, in;
     uint64_t sent_ns;
 };
@@ -602,7 +606,10 @@ static void on_connect(uv_connect_t *r, int status)
         return;
     }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    if (R.phase < 2) conn_send(c);
+    if (opt.ramp_ms > 0 && !c->ramped) { /* spread the first requests (a closed loop keeps the phase) */
+        c->ramped = 1;
+        uv_timer_start(&c->retry, on_retry, (uint64_t)(opt.ramp_ms * c->idx / (opt.conns > 0 ? opt.conns : 1)), 0);
+    } else if (R.phase < 2) conn_send(c);
     if (opt.mode == M_IDLE) open_more();
 }
 
@@ -1153,6 +1160,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "max-connecting")) opt.max_connecting = atoi(v);
         else if (!strcmp(a, "merchants")) opt.merchants = v;
         else if (!strcmp(a, "backoff-ms")) opt.backoff_ms = atof(v);
+        else if (!strcmp(a, "ramp-ms")) opt.ramp_ms = atof(v);
         else die("unknown option --%s", a);
     }
     if (opt.port <= 0) die("--port is required");

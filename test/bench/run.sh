@@ -144,7 +144,7 @@ facts() {
     "$(date -u +%FT%TZ)"
 }
 facts >> "$RESULTS"
-echo "{\"phase\":\"settings\",\"conns\":$CONNS,\"duration_s\":$DUR,\"warmup_s\":$WARM,\"pg_pool\":\"${BENCH_PG_POOL:-4 (default)}\",\"synchronous_commit\":\"${BENCH_SYNC_COMMIT:-on}\",\"swiftpass_side\":\"${BENCH_SWIFTPASS:-stub}\",\"slow_conns\":$SLOW_CONNS}" >> "$RESULTS"
+echo "{\"phase\":\"settings\",\"conns\":$CONNS,\"duration_s\":$DUR,\"warmup_s\":$WARM,\"pg_pool\":\"${BENCH_PG_POOL:-16 (default)}\",\"synchronous_commit\":\"${BENCH_SYNC_COMMIT:-on}\",\"swiftpass_side\":\"${BENCH_SWIFTPASS:-stub}\",\"slow_conns\":$SLOW_CONNS}" >> "$RESULTS"
 
 # ---------------------------------------------------------------- services
 say "starting PostgreSQL and Redis in $WORK/svc"
@@ -475,7 +475,7 @@ if has_phase slow; then
   curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":3000}' >/dev/null
   "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs2 --method wechat_qr \
     --conns "$SLOW_CONNS" --duration $((DUR + 8)) --warmup 4 --expect '"status":"PENDING"' --tag slow-channel \
-    --max-connecting 50 --backoff-ms 1000 > "$WORK/slow.json" &
+    --max-connecting 50 --backoff-ms 1000 --ramp-ms 3000 > "$WORK/slow.json" &
   SLOW_GEN=$!
   sleep 4
   j=$(create bs1 wechat_qr slow-fast)
