@@ -24,6 +24,7 @@ struct gw_client {
 typedef struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
+    int events;       /* what the poll handle watches now (0: stopped) */
     gw_client_t *client;
     struct sock_ctx *prev, *next;
 } sock_ctx_t;
@@ -181,7 +182,12 @@ static int handle_socket(CURL *easy, curl_socket_t fd, int action, void *userp, 
     int events = 0;
     if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) events |= UV_READABLE;
     if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) events |= UV_WRITABLE;
-    uv_poll_start(&s->poll, events, on_poll);
+    /* uv_poll_start re-registers the fd with epoll even for the same
+     * events (two system calls): only when they change */
+    if (events == s->events) return 0;
+    s->events = events;
+    if (events == 0) uv_poll_stop(&s->poll);
+    else uv_poll_start(&s->poll, events, on_poll);
     return 0;
 }
 

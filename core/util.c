@@ -4,6 +4,7 @@
 #include "gw.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -244,15 +245,24 @@ gw_err_t gw_random(void *buf, size_t n)
 static _Thread_local struct {
     uint8_t b[1024];
     size_t left;
-    pid_t pid;
 } nonce_pool;
+static pthread_once_t nonce_once = PTHREAD_ONCE_INIT;
+
+/* In a forked child only the forking thread exists: its pool is emptied. */
+static void nonce_after_fork(void)
+{
+    memset(nonce_pool.b, 0, sizeof(nonce_pool.b));
+    nonce_pool.left = 0;
+}
+
+static void nonce_init(void)
+{
+    pthread_atfork(NULL, NULL, nonce_after_fork);
+}
 
 static gw_err_t nonce_bytes(uint8_t *out, size_t n)
 {
-    if (nonce_pool.pid != getpid()) {
-        nonce_pool.left = 0;
-        nonce_pool.pid = getpid();
-    }
+    pthread_once(&nonce_once, nonce_init);
     while (n > 0) {
         if (nonce_pool.left == 0) {
             gw_err_t rc = gw_random(nonce_pool.b, sizeof(nonce_pool.b));
