@@ -304,8 +304,9 @@ static char *gw_sign(const char *doc, gw_rsa_key_t *key)
 static void t_host_table(void **state)
 {
     (void)state;
-    assert_int_equal(GW_CHANNEL_ABI_MINOR, 2);
-    assert_int_equal(H->version, (1u << 16) | 2u);
+    /* the XML members came with 1.2; later minors only append */
+    assert_true(GW_CHANNEL_ABI_MINOR >= 2);
+    assert_int_equal(H->version, GW_CHANNEL_ABI_VERSION);
     assert_int_equal(H->struct_size, sizeof(gw_host_api_t));
     /* appended at the end: after every 1.0 member */
     assert_true(offsetof(gw_host_api_t, xml_escape) > offsetof(gw_host_api_t, header_get));
