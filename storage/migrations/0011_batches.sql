@@ -163,6 +163,12 @@ BEGIN
     SELECT jsonb_build_object('changed', true, 'order', to_jsonb(upd.nr)), upd.k FROM upd;
 END $$;
 
+-- Notification ingestion: the single function per element, in one
+-- transaction (one commit for the batch).  A set-based form of the common
+-- case (a verified "paid" notification for an open order) was measured
+-- against this loop and was no faster within the bench's noise
+-- (docs/performance.md), so the one place that decides a notification's
+-- outcome stays gw_notify_ingest (0008).  Rows are locked in trade_no order.
 CREATE FUNCTION gw_notify_ingest_many(p jsonb) RETURNS TABLE (r jsonb, i int)
 LANGUAGE plpgsql AS $$
 DECLARE
