@@ -299,7 +299,7 @@ if [ -n "${BENCH_CALLGRIND:-}" ]; then
   valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
     "$BIN" -c "$WORK/paygated.json" 2> "$WORK/paygated.log" &
 else
-  "$BIN" -c "$WORK/paygated.json" 2> "$WORK/paygated.log" &
+  LD_PRELOAD=${BENCH_PRELOAD:-} "$BIN" -c "$WORK/paygated.json" 2> "$WORK/paygated.log" &
 fi
 PAYGATED_PID=$!
 wait_http "http://127.0.0.1:$GW_PORT/healthz" 300
