@@ -30,8 +30,10 @@
 # paygated's own), BENCH_SYNC_COMMIT=off (a diagnostic, marked as such, never
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
-# callgrind during ctob; needs valgrind; use BENCH_CONNS=8), BENCH_SQL (SQL run
-# as the superuser before the phases: a diagnostic), BENCH_KEEP=1
+# callgrind during ctob; needs valgrind; use BENCH_CONNS=8),
+# BENCH_PG_SHARED_BUFFERS (256MB), BENCH_LOG_LEVEL (warn), BENCH_PRELOAD
+# (LD_PRELOAD for paygated: a diagnostic), BENCH_SQL (SQL run as the
+# superuser before the phases: a diagnostic), BENCH_KEEP=1
 # (keep the temp directory and services).
 #
 # Output: the table on stdout and in build/bench/results.md; the raw JSON of
