@@ -30,12 +30,12 @@
  */
 'use strict';
 
-const http = require('http');
-const https = require('https');
 const crypto = require('crypto');
 const fs = require('fs');
 const zlib = require('zlib');
 const { URL, URLSearchParams } = require('url');
+const lib = require('./lib');
+const { bytewise, randHex, randDigits, iso, sleep, has, escHtml, readBody, send, sendJson, faultView, HttpError } = lib;
 
 // ---------------------------------------------------------------------------------------------
 // constants
@@ -60,57 +60,18 @@ const GATEWAY_MSG = {
 // ---------------------------------------------------------------------------------------------
 // command line
 
-function usage(msg) {
-  if (msg) process.stderr.write(`alipay-sim: ${msg}\n`);
-  process.stderr.write('usage: node test/sim/alipay.js --port N [--host 127.0.0.1] [--config FILE]\n' +
-    '       [--time-scale X] [--refund-delay SECONDS] [--tls-cert FILE --tls-key FILE]\n');
-  process.exit(2);
-}
 
-function parseArgs(argv) {
-  const o = { port: 0, host: '127.0.0.1', config: null, timeScale: null, refundDelay: null, tlsCert: null, tlsKey: null };
-  for (let i = 0; i < argv.length; i++) {
-    let a = argv[i];
-    let v;
-    const eq = a.indexOf('=');
-    if (a.startsWith('--') && eq > 0) { v = a.slice(eq + 1); a = a.slice(0, eq); }
-    const val = () => {
-      if (v !== undefined) return v;
-      if (i + 1 >= argv.length) usage(`${a} needs a value`);
-      return argv[++i];
-    };
-    const num = (s, what) => {
-      const n = Number(s);
-      if (s === '' || !Number.isFinite(n)) usage(`${what} must be a number, got "${s}"`);
-      return n;
-    };
-    switch (a) {
-      case '--port': o.port = num(val(), '--port'); break;
-      case '--host': o.host = val(); break;
-      case '--config': o.config = val(); break;
-      case '--time-scale': o.timeScale = num(val(), '--time-scale'); break;
-      case '--refund-delay': o.refundDelay = num(val(), '--refund-delay'); break;
-      case '--tls-cert': o.tlsCert = val(); break;
-      case '--tls-key': o.tlsKey = val(); break;
-      case '-h': case '--help': usage(); break;
-      default: usage(`unknown argument ${a}`);
-    }
-  }
-  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) usage('--port must be 0..65535');
-  if (o.timeScale !== null && !(o.timeScale > 0)) usage('--time-scale must be > 0');
-  if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
-  return o;
-}
+const { opts, usage } = lib.parseArgs(process.argv.slice(2), {
+  name: 'alipay',
+  usage: 'usage: node test/sim/alipay.js --port N [--host 127.0.0.1] [--config FILE]\n' +
+    '       [--time-scale X] [--refund-delay SECONDS] [--tls-cert FILE --tls-key FILE]\n',
+  options: { '--refund-delay': ['refundDelay', 'num'] },
+  tls: true,
+});
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
 
-const bytewise = (a, b) => Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
-const randDigits = (n) => { let s = ''; while (s.length < n) s += crypto.randomInt(0, 1e9).toString().padStart(9, '0'); return s.slice(0, n); };
-const randHex = (n) => crypto.randomBytes(Math.ceil(n / 2)).toString('hex').slice(0, n);
-const iso = (ms) => (ms == null ? null : new Date(ms).toISOString());
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
 const present = (v) => v !== undefined && v !== null && v !== '';
 
 /** "yyyy-MM-dd HH:mm:ss" in GMT+8 */
@@ -134,9 +95,6 @@ function parseYuan(s) {
   if (!m) return NaN;
   const fen = Number(m[1]) * 100 + (m[2] ? Number(m[2].padEnd(2, '0')) : 0);
   return fen <= MAX_FEN ? fen : NaN;
-}
-function escHtml(s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 }
 function keyObject(pem, kind, what) {
   if (pem && typeof pem === 'object' && pem.type) return pem;
@@ -187,7 +145,6 @@ function responseText(obj) {
 // ---------------------------------------------------------------------------------------------
 // state
 
-const opts = parseArgs(process.argv.slice(2));
 
 const settings = {
   time_scale: opts.timeScale != null ? opts.timeScale : 1,
@@ -341,13 +298,6 @@ function normaliseFault(f) {
     remaining: f.count == null ? null : f.count, used: 0 };
   for (const k of [...REQUEST_FAULT_KEYS, ...NOTIFY_FAULT_KEYS, 'processed']) if (f[k] !== undefined) out[k] = f[k];
   return out;
-}
-function faultView(f) {
-  const v = Object.assign({}, f);
-  v.created_at = iso(f.created_at);
-  v.count_remaining = f.remaining;
-  delete v.remaining;
-  return v;
 }
 function takeFaults(kind, method, filter = () => true) {
   const taken = [];
@@ -515,56 +465,15 @@ function startNotify(t, reason, refund) {
   scheduleNotify(seq, 0);
   return seq;
 }
-function scheduleNotify(seq, idx) {
-  const sched = settings.notify_schedule_s;
-  if (idx >= sched.length) { seq.state = 'gave_up'; seq.next_at = null; return; }
-  const delay = scaled(sched[idx]);
-  seq.next_at = Date.now() + delay;
-  const tm = setTimeout(() => { notifyTimers.delete(tm); runNotifyAttempt(seq, idx); }, delay);
-  notifyTimers.add(tm);
-}
-async function runNotifyAttempt(seq, idx) {
-  if (seq.gen !== generation) return;
-  seq.next_at = null;
-  seq.state = 'sending';
-  const copies = seq.duplicate ? 2 : 1;
-  const results = await Promise.all(Array.from({ length: copies }, () => postNotify(seq.url, seq.body)));
-  if (seq.gen !== generation) return;
-  let acked = false;
-  results.forEach((r, c) => {
-    // exactly the 7 characters "success"
-    const ack = r.body === 'success';
-    acked = acked || ack;
-    seq.attempts.push({ n: idx + 1, copy: c + 1, at: r.at, duration_ms: r.duration_ms, http_status: r.http_status,
-      body: r.body, error: r.error, acknowledged: ack });
-  });
-  if (acked) { seq.state = 'acknowledged'; return; }
-  seq.state = 'retrying';
-  scheduleNotify(seq, idx + 1);
-}
+const scheduleNotify = lib.notifier({
+  schedule: () => settings.notify_schedule_s, scaled, timers: notifyTimers, generation: () => generation,
+  post: (seq) => postNotify(seq.url, seq.body),
+  judge: (seq, r) => ({ acknowledged: r.body === 'success' }),   // exactly the 7 characters "success"
+});
 function postNotify(target, body) {
-  return new Promise((resolve) => {
-    const at = Date.now();
-    let done = false;
-    const finish = (r) => { if (!done) { done = true; resolve(Object.assign({ at, duration_ms: Date.now() - at, http_status: null, body: null, error: null }, r)); } };
-    let u;
-    try { u = new URL(target); } catch (e) { return finish({ error: `bad notify_url: ${e.message}` }); }
-    const mod = u.protocol === 'https:' ? https : http;
-    const buf = Buffer.from(body, 'utf8');
-    const req = mod.request(u, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/x-www-form-urlencoded; charset=utf-8', 'Content-Length': buf.length, 'User-Agent': 'alipay-sim' },
-      rejectUnauthorized: false,
-    }, (res) => {
-      const chunks = [];
-      let size = 0;
-      res.on('data', (d) => { size += d.length; if (size <= 65536) chunks.push(d); });
-      res.on('end', () => finish({ http_status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', (e) => finish({ http_status: res.statusCode, error: e.message }));
-    });
-    req.setTimeout(settings.notify_timeout_ms, () => { req.destroy(new Error(`timeout after ${settings.notify_timeout_ms} ms`)); });
-    req.on('error', (e) => finish({ error: e.message }));
-    req.end(buf);
+  return lib.postNotify(target, body, {
+    headers: (n) => ({ 'Content-Type': 'application/x-www-form-urlencoded; charset=utf-8', 'Content-Length': n, 'User-Agent': 'alipay-sim' }),
+    timeoutMs: settings.notify_timeout_ms, urlName: 'notify_url',
   });
 }
 
@@ -1093,39 +1002,17 @@ function processGateway(p, rec, base, fl) {
   }
 }
 
-function readBody(req, limit) {
-  return new Promise((resolve, reject) => {
-    const chunks = [];
-    let size = 0;
-    let tooLarge = false;
-    req.on('data', (d) => {
-      size += d.length;
-      if (size > limit) { tooLarge = true; chunks.length = 0; } else if (!tooLarge) chunks.push(d);
-    });
-    req.on('end', () => resolve({ buf: tooLarge ? null : Buffer.concat(chunks), size, tooLarge }));
-    req.on('error', reject);
-  });
-}
 function baseUrl(req) {
   const proto = opts.tlsCert ? 'https' : 'http';
   const host = req.headers.host || `${opts.host}:${actualPort}`;
   return `${proto}://${host}`;
-}
-function send(res, code, type, body, extraHeaders) {
-  if (res.writableEnded || res.destroyed) return;
-  const buf = Buffer.from(body, 'utf8');
-  res.writeHead(code, Object.assign({ 'Content-Type': type, 'Content-Length': buf.length }, extraHeaders || {}));
-  res.end(buf);
 }
 function hold(req, res, rec) {
   rec.held = true;
   heldResponses.add(res);
   res.on('close', () => { heldResponses.delete(res); rec.held_closed_at = iso(Date.now()); });
 }
-function httpErrorPage(code) {
-  const text = `${code} ${http.STATUS_CODES[code] || 'Error'}`;
-  return `<html>\r\n<head><title>${text}</title></head>\r\n<body>\r\n<center><h1>${text}</h1></center>\r\n<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n`;
-}
+const httpErrorPage = (code) => lib.httpErrorPage(code, 'Tengine');
 
 /** Query string + form body → one map; a parameter given twice is refused. */
 function mergeParams(url, req, buf) {
@@ -1225,17 +1112,8 @@ async function handleGateway(req, res, url) {
 // ---------------------------------------------------------------------------------------------
 // control API (/_sim/...)
 
-function sendJsonCtl(res, code, obj) { send(res, code, 'application/json; charset=UTF-8', JSON.stringify(obj, null, 2) + '\n'); }
-class HttpError extends Error { constructor(code, msg) { super(msg); this.code = code; } }
 
-async function readJson(req) {
-  const { buf, tooLarge } = await readBody(req, MAX_CONTROL_BODY);
-  if (tooLarge) throw new HttpError(413, 'body too large');
-  const text = buf.toString('utf8').trim();
-  if (!text) return {};
-  if (text[0] !== '{' && text[0] !== '[' && /^[^=&\s]+=/.test(text)) return Object.fromEntries(new URLSearchParams(text));
-  try { return JSON.parse(text); } catch (e) { throw new HttpError(400, `invalid JSON: ${e.message}`); }
-}
+const readJson = (req) => lib.readJson(req, MAX_CONTROL_BODY);
 
 function lookupTrade(p) {
   let t = null;
@@ -1307,42 +1185,42 @@ async function handleControl(req, res, url) {
   const q = Object.fromEntries(url.searchParams);
   try {
     if (route === 'health' && m === 'GET') {
-      return sendJsonCtl(res, 200, { ok: true, name: 'alipay-sim', uptime_s: (Date.now() - startedAt) / 1000,
+      return sendJson(res, 200, { ok: true, name: 'alipay-sim', uptime_s: (Date.now() - startedAt) / 1000,
         apps: apps.size, trades: trades.size, requests: requestSeq, active_faults: faults.length,
         held_connections: heldResponses.size, settings });
     }
     if (route === 'settings') {
-      if (m === 'GET') return sendJsonCtl(res, 200, settings);
+      if (m === 'GET') return sendJson(res, 200, settings);
       if (m === 'POST') {
         try { applySettings(await readJson(req)); } catch (e) { if (e instanceof HttpError) throw e; throw new HttpError(400, e.message); }
-        return sendJsonCtl(res, 200, settings);
+        return sendJson(res, 200, settings);
       }
     }
     if (route === 'apps') {
-      if (m === 'GET' && parts.length === 2) return sendJsonCtl(res, 200, [...apps.values()].map(appView));
+      if (m === 'GET' && parts.length === 2) return sendJson(res, 200, [...apps.values()].map(appView));
       if (m === 'GET' && parts.length === 3) {
         const a = apps.get(parts[2]);
         if (!a) throw new HttpError(404, 'app not found');
-        return sendJsonCtl(res, 200, appView(a));
+        return sendJson(res, 200, appView(a));
       }
       if (m === 'POST' && parts.length === 2) {
         const body = await readJson(req);
         let list;
         try { list = registerApps(Array.isArray(body) ? body : (body.apps || body)); } catch (e) { throw new HttpError(400, e.message); }
-        return sendJsonCtl(res, 200, list.map(appView));
+        return sendJson(res, 200, list.map(appView));
       }
       if (m === 'DELETE' && parts.length === 3) {
         const a = apps.get(parts[2]);
         if (!a) throw new HttpError(404, 'app not found');
         for (const s of a.merchants) tokens.delete(s.app_auth_token);
         apps.delete(parts[2]);
-        return sendJsonCtl(res, 200, { ok: true });
+        return sendJson(res, 200, { ok: true });
       }
     }
-    if (route === 'reset' && m === 'POST') { reset(); return sendJsonCtl(res, 200, { ok: true }); }
-    if (route === 'scan' && m === 'POST') return sendJsonCtl(res, 200, tradeView(controlScan(await readJson(req))));
+    if (route === 'reset' && m === 'POST') { reset(); return sendJson(res, 200, { ok: true }); }
+    if (route === 'scan' && m === 'POST') return sendJson(res, 200, tradeView(controlScan(await readJson(req))));
     if (route === 'pay') {
-      if (m === 'POST') return sendJsonCtl(res, 200, tradeView(controlPay(await readJson(req))));
+      if (m === 'POST') return sendJson(res, 200, tradeView(controlPay(await readJson(req))));
       if (m === 'GET') {
         let t;
         let msg;
@@ -1357,27 +1235,27 @@ async function handleControl(req, res, url) {
       const t = lookupTrade(await readJson(req));
       if (t.state !== 'WAIT_BUYER_PAY') throw new HttpError(409, `trade is ${t.state}, only WAIT_BUYER_PAY can be given up`);
       markClosed(t, 'buyer gave up');
-      return sendJsonCtl(res, 200, tradeView(t));
+      return sendJson(res, 200, tradeView(t));
     }
     if (route === 'notify' && m === 'POST') {
       const t = lookupTrade(await readJson(req));
       if (!t.paid_at) throw new HttpError(409, `trade is ${t.state}, never paid`);
       if (!t.notify_url) throw new HttpError(409, 'trade has no notify_url');
       startNotify(t, 'resend');
-      return sendJsonCtl(res, 200, tradeView(t));
+      return sendJson(res, 200, tradeView(t));
     }
     if (route === 'refund' && parts[2] === 'settle' && m === 'POST') {
-      return sendJsonCtl(res, 200, { settled: settleRefunds(await readJson(req)) });
+      return sendJson(res, 200, { settled: settleRefunds(await readJson(req)) });
     }
     if (route === 'faults') {
-      if (m === 'GET') return sendJsonCtl(res, 200, faults.map(faultView));
+      if (m === 'GET') return sendJson(res, 200, faults.map(faultView));
       if (m === 'POST') {
         const body = await readJson(req);
         const list = Array.isArray(body) ? body : (Array.isArray(body.faults) ? body.faults : [body]);
         let norm;
         try { norm = list.map(normaliseFault); } catch (e) { throw new HttpError(400, e.message); }
         faults.push(...norm);
-        return sendJsonCtl(res, 200, norm.map(faultView));
+        return sendJson(res, 200, norm.map(faultView));
       }
       if (m === 'DELETE') {
         if (parts.length === 3) {
@@ -1385,18 +1263,18 @@ async function handleControl(req, res, url) {
           faults = faults.filter((f) => String(f.id) !== parts[2]);
           if (faults.length === before) throw new HttpError(404, 'fault not found');
         } else faults = [];
-        return sendJsonCtl(res, 200, { ok: true, active: faults.map(faultView) });
+        return sendJson(res, 200, { ok: true, active: faults.map(faultView) });
       }
     }
     if (route === 'trades' && m === 'GET') {
       if (parts.length === 4) {
         const t = trades.get(tkey(parts[2], parts[3]));
         if (!t) throw new HttpError(404, 'trade not found');
-        return sendJsonCtl(res, 200, tradeView(t));
+        return sendJson(res, 200, tradeView(t));
       }
       if (parts.length === 2) {
         const limit = Math.max(1, Math.min(10000, Number(q.limit) || 100));
-        return sendJsonCtl(res, 200, [...trades.values()].slice(-limit).reverse().map((t) => {
+        return sendJson(res, 200, [...trades.values()].slice(-limit).reverse().map((t) => {
           refresh(t);
           return { seller_id: t.seller_id, out_trade_no: t.out_trade_no, trade_no: t.trade_no, kind: t.kind,
             state: t.state, total_amount: yuan(t.total), created_at: iso(t.created_at) };
@@ -1419,7 +1297,7 @@ async function handleControl(req, res, url) {
     }
     if (route === 'requests' && m === 'GET') {
       const limit = Math.max(1, Math.min(REQUEST_LOG_SIZE, Number(q.limit) || 50));
-      return sendJsonCtl(res, 200, requestLog.slice(-limit).reverse().map(requestView));
+      return sendJson(res, 200, requestLog.slice(-limit).reverse().map(requestView));
     }
     if (route === 'qr' && m === 'GET' && parts.length === 3) {
       const t = tradesByToken.get(parts[2]);
@@ -1429,9 +1307,9 @@ async function handleControl(req, res, url) {
     }
     throw new HttpError(404, `no such control endpoint: ${m} ${url.pathname}`);
   } catch (e) {
-    if (e instanceof HttpError) return sendJsonCtl(res, e.code, { error: e.message });
+    if (e instanceof HttpError) return sendJson(res, e.code, { error: e.message });
     process.stderr.write(`alipay-sim: control error: ${e.stack}\n`);
-    return sendJsonCtl(res, 500, { error: e.message });
+    return sendJson(res, 500, { error: e.message });
   }
 }
 
@@ -1471,27 +1349,5 @@ function handler(req, res) {
 
 if (opts.config) loadConfig(opts.config);
 
-const server = opts.tlsCert
-  ? https.createServer({ cert: fs.readFileSync(opts.tlsCert), key: fs.readFileSync(opts.tlsKey) }, handler)
-  : http.createServer(handler);
-server.keepAliveTimeout = 60000;
-server.headersTimeout = 65000;
-server.requestTimeout = 0;
 let actualPort = opts.port;
-
-server.on('error', (e) => { process.stderr.write(`alipay-sim: ${e.message}\n`); process.exit(1); });
-server.listen(opts.port, opts.host, () => {
-  actualPort = server.address().port;
-  const h = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
-  process.stdout.write(`alipay-sim listening on ${opts.tlsCert ? 'https' : 'http'}://${h}:${actualPort}\n`);
-});
-
-function shutdown() {
-  for (const tm of notifyTimers) clearTimeout(tm);
-  for (const r of heldResponses) r.destroy();
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 1000).unref();
-}
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);
+lib.serve({ name: 'alipay', opts, handler, timers: notifyTimers, held: heldResponses, onListen: (p) => { actualPort = p; } });

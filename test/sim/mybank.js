@@ -33,10 +33,11 @@
  */
 'use strict';
 
-const http = require('http');
 const crypto = require('crypto');
 const fs = require('fs');
-const { URL, URLSearchParams } = require('url');
+const { URL } = require('url');
+const lib = require('./lib');
+const { randDigits, iso, sleep, has, readBody, send, sendJson, faultView, HttpError } = lib;
 
 // ---------------------------------------------------------------------------------------------
 // constants
@@ -64,52 +65,17 @@ const MAX_AMOUNT = 5000000;
 // ---------------------------------------------------------------------------------------------
 // command line
 
-function usage(msg) {
-  if (msg) process.stderr.write(`mybank-sim: ${msg}\n`);
-  process.stderr.write('usage: node test/sim/mybank.js --port N [--host 127.0.0.1] [--config FILE]\n' +
-    '       [--time-scale X] [--refund-delay SECONDS]\n');
-  process.exit(2);
-}
 
-function parseArgs(argv) {
-  const o = { port: 0, host: '127.0.0.1', config: null, timeScale: null, refundDelay: null };
-  for (let i = 0; i < argv.length; i++) {
-    let a = argv[i];
-    let v;
-    const eq = a.indexOf('=');
-    if (a.startsWith('--') && eq > 0) { v = a.slice(eq + 1); a = a.slice(0, eq); }
-    const val = () => {
-      if (v !== undefined) return v;
-      if (i + 1 >= argv.length) usage(`${a} needs a value`);
-      return argv[++i];
-    };
-    const num = (s, what) => {
-      const n = Number(s);
-      if (s === '' || !Number.isFinite(n)) usage(`${what} must be a number, got "${s}"`);
-      return n;
-    };
-    switch (a) {
-      case '--port': o.port = num(val(), '--port'); break;
-      case '--host': o.host = val(); break;
-      case '--config': o.config = val(); break;
-      case '--time-scale': o.timeScale = num(val(), '--time-scale'); break;
-      case '--refund-delay': o.refundDelay = num(val(), '--refund-delay'); break;
-      case '-h': case '--help': usage(); break;
-      default: usage(`unknown argument ${a}`);
-    }
-  }
-  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) usage('--port must be 0..65535');
-  if (o.timeScale !== null && !(o.timeScale > 0)) usage('--time-scale must be > 0');
-  return o;
-}
+const { opts, usage } = lib.parseArgs(process.argv.slice(2), {
+  name: 'mybank',
+  usage: 'usage: node test/sim/mybank.js --port N [--host 127.0.0.1] [--config FILE]\n' +
+    '       [--time-scale X] [--refund-delay SECONDS]\n',
+  options: { '--refund-delay': ['refundDelay', 'num'] },
+});
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
 
-const randDigits = (n) => { let s = ''; while (s.length < n) s += crypto.randomInt(0, 1e9).toString().padStart(9, '0'); return s.slice(0, n); };
-const iso = (ms) => (ms == null ? null : new Date(ms).toISOString());
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
 const present = (v) => v !== undefined && v !== null && v !== '';
 const uuid = () => crypto.randomUUID();
 
@@ -459,7 +425,6 @@ function documentXml(kind, head, body) {
 // ---------------------------------------------------------------------------------------------
 // state
 
-const opts = parseArgs(process.argv.slice(2));
 
 const settings = {
   time_scale: opts.timeScale != null ? opts.timeScale : 1,
@@ -609,13 +574,6 @@ function normaliseFault(f) {
   for (const k of [...REQUEST_FAULT_KEYS, ...NOTIFY_FAULT_KEYS, 'processed']) if (f[k] !== undefined) out[k] = f[k];
   return out;
 }
-function faultView(f) {
-  const v = Object.assign({}, f);
-  v.created_at = iso(f.created_at);
-  v.count_remaining = f.remaining;
-  delete v.remaining;
-  return v;
-}
 function takeFaults(kind, fn) {
   const taken = [];
   for (const f of faults) {
@@ -721,14 +679,11 @@ function startNotify(o, reason) {
   scheduleNotify(seq, 0);
   return seq;
 }
-function scheduleNotify(seq, idx) {
-  const sched = settings.notify_schedule_s;
-  if (idx >= sched.length) { seq.state = 'gave_up'; seq.next_at = null; return; }
-  const delay = scaled(sched[idx]);
-  seq.next_at = Date.now() + delay;
-  const t = setTimeout(() => { notifyTimers.delete(t); runNotifyAttempt(seq, idx); }, delay);
-  notifyTimers.add(t);
-}
+const scheduleNotify = lib.notifier({
+  schedule: () => settings.notify_schedule_s, scaled, timers: notifyTimers, generation: () => generation,
+  post: (seq) => postNotify(seq.url, seq.body),
+  judge: (seq, r) => checkAck(seq, r.body),
+});
 /** The acknowledgement: a response document, Function prePayNotice, our ReqMsgId, S. */
 function checkAck(seq, body) {
   const out = { acknowledged: false, ack_signed: false, ack_verified: null, ack_reason: null };
@@ -756,44 +711,10 @@ function checkAck(seq, body) {
   else if (out.ack_signed && !out.ack_verified) { /* reason set above */ } else out.acknowledged = true;
   return out;
 }
-async function runNotifyAttempt(seq, idx) {
-  if (seq.gen !== generation) return;
-  seq.next_at = null;
-  seq.state = 'sending';
-  const copies = seq.duplicate ? 2 : 1;
-  const results = await Promise.all(Array.from({ length: copies }, () => postNotify(seq.url, seq.body)));
-  if (seq.gen !== generation) return;
-  let acked = false;
-  results.forEach((r, c) => {
-    const a = checkAck(seq, r.body);
-    acked = acked || a.acknowledged;
-    seq.attempts.push(Object.assign({ n: idx + 1, copy: c + 1, at: r.at, duration_ms: r.duration_ms,
-      http_status: r.http_status, body: r.body, error: r.error }, a));
-  });
-  if (acked) { seq.state = 'acknowledged'; return; }
-  seq.state = 'retrying';
-  scheduleNotify(seq, idx + 1);
-}
 function postNotify(target, body) {
-  return new Promise((resolve) => {
-    const at = Date.now();
-    let done = false;
-    const finish = (r) => { if (!done) { done = true; resolve(Object.assign({ at, duration_ms: Date.now() - at, http_status: null, body: null, error: null }, r)); } };
-    let u;
-    try { u = new URL(target); } catch (e) { return finish({ error: `bad NotifyUrl: ${e.message}` }); }
-    if (u.protocol !== 'http:') return finish({ error: 'only http:// notify URLs are supported by the simulator' });
-    const buf = Buffer.from(body, 'utf8');
-    const req = http.request(u, { method: 'POST', headers: { 'Content-Type': 'application/xml; charset=UTF-8',
-      'Content-Length': buf.length, 'User-Agent': 'mybank-sim' } }, (res) => {
-      const chunks = [];
-      let size = 0;
-      res.on('data', (d) => { size += d.length; if (size <= 65536) chunks.push(d); });
-      res.on('end', () => finish({ http_status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', (e) => finish({ http_status: res.statusCode, error: e.message }));
-    });
-    req.setTimeout(settings.notify_timeout_ms, () => req.destroy(new Error(`timeout after ${settings.notify_timeout_ms} ms`)));
-    req.on('error', (e) => finish({ error: e.message }));
-    req.end(buf);
+  return lib.postNotify(target, body, {
+    headers: (n) => ({ 'Content-Type': 'application/xml; charset=UTF-8', 'Content-Length': n, 'User-Agent': 'mybank-sim' }),
+    timeoutMs: settings.notify_timeout_ms, urlName: 'NotifyUrl', httpOnly: true,
   });
 }
 
@@ -1104,26 +1025,7 @@ function processRequest(rec, text, base) {
   }
 }
 
-function readBody(req, limit) {
-  return new Promise((resolve, reject) => {
-    const chunks = [];
-    let size = 0;
-    let tooLarge = false;
-    req.on('data', (d) => {
-      size += d.length;
-      if (size > limit) { tooLarge = true; chunks.length = 0; } else if (!tooLarge) chunks.push(d);
-    });
-    req.on('end', () => resolve({ buf: tooLarge ? null : Buffer.concat(chunks), size, tooLarge }));
-    req.on('error', reject);
-  });
-}
 
-function send(res, code, type, body, extraHeaders) {
-  if (res.writableEnded || res.destroyed) return;
-  const buf = Buffer.from(body, 'utf8');
-  res.writeHead(code, Object.assign({ 'Content-Type': type, 'Content-Length': buf.length }, extraHeaders || {}));
-  res.end(buf);
-}
 const XML_TYPE = 'application/xml; charset=UTF-8';
 
 function hold(res, rec) {
@@ -1131,10 +1033,7 @@ function hold(res, rec) {
   heldResponses.add(res);
   res.on('close', () => { heldResponses.delete(res); rec.held_closed_at = iso(Date.now()); });
 }
-function httpErrorPage(code) {
-  const text = `${code} ${http.STATUS_CODES[code] || 'Error'}`;
-  return `<html>\r\n<head><title>${text}</title></head>\r\n<body>\r\n<center><h1>${text}</h1></center>\r\n<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n`;
-}
+const httpErrorPage = (code) => lib.httpErrorPage(code, 'Tengine');
 function logRequest(rec) {
   requestLog.push(rec);
   if (requestLog.length > REQUEST_LOG_SIZE) requestLog.splice(0, requestLog.length - REQUEST_LOG_SIZE);
@@ -1219,17 +1118,8 @@ function finishAnswer(res, rec, r, fl) {
 // ---------------------------------------------------------------------------------------------
 // control API (/_sim/...)
 
-function sendJson(res, code, obj) { send(res, code, 'application/json; charset=UTF-8', JSON.stringify(obj, null, 2) + '\n'); }
-class HttpError extends Error { constructor(code, msg) { super(msg); this.code = code; } }
 
-async function readJson(req) {
-  const { buf, tooLarge } = await readBody(req, MAX_CONTROL_BODY);
-  if (tooLarge) throw new HttpError(413, 'body too large');
-  const text = buf.toString('utf8').trim();
-  if (!text) return {};
-  if (text[0] !== '{' && text[0] !== '[' && /^[^=&\s]+=/.test(text)) return Object.fromEntries(new URLSearchParams(text));
-  try { return JSON.parse(text); } catch (e) { throw new HttpError(400, `invalid JSON: ${e.message}`); }
-}
+const readJson = (req) => lib.readJson(req, MAX_CONTROL_BODY);
 
 function lookupOrder(p) {
   let o = null;
@@ -1497,25 +1387,5 @@ function handler(req, res) {
 
 if (opts.config) loadConfig(opts.config);
 
-const server = http.createServer(handler);
-server.keepAliveTimeout = 60000;
-server.headersTimeout = 65000;
-server.requestTimeout = 0;
 let actualPort = opts.port;
-
-server.on('error', (e) => { process.stderr.write(`mybank-sim: ${e.message}\n`); process.exit(1); });
-server.listen(opts.port, opts.host, () => {
-  actualPort = server.address().port;
-  const h = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
-  process.stdout.write(`mybank-sim listening on http://${h}:${actualPort}\n`);
-});
-
-function shutdown() {
-  for (const t of notifyTimers) clearTimeout(t);
-  for (const r of heldResponses) r.destroy();
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 1000).unref();
-}
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);
+lib.serve({ name: 'mybank', opts, handler, timers: notifyTimers, held: heldResponses, onListen: (p) => { actualPort = p; } });

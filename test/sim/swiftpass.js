@@ -34,11 +34,11 @@
  */
 'use strict';
 
-const http = require('http');
-const https = require('https');
 const crypto = require('crypto');
 const fs = require('fs');
-const { URL, URLSearchParams } = require('url');
+const { URL } = require('url');
+const lib = require('./lib');
+const { bytewise, randHex, randDigits, randAlnum, iso, sleep, has, escHtml, readBody, send, sendJson, faultView, HttpError } = lib;
 
 // ---------------------------------------------------------------------------------------------
 // constants
@@ -66,61 +66,19 @@ const MAX_LEN = {
 // ---------------------------------------------------------------------------------------------
 // command line
 
-function usage(msg) {
-  if (msg) process.stderr.write(`swiftpass-sim: ${msg}\n`);
-  process.stderr.write('usage: node test/sim/swiftpass.js --port N [--host 127.0.0.1] [--config FILE]\n' +
-    '       [--time-scale X] [--close-min-age SECONDS] [--refund-delay SECONDS]\n' +
-    '       [--tls-cert FILE --tls-key FILE]\n');
-  process.exit(2);
-}
 
-function parseArgs(argv) {
-  const o = { port: 0, host: '127.0.0.1', config: null, timeScale: null, closeMinAge: null,
-    refundDelay: null, tlsCert: null, tlsKey: null };
-  for (let i = 0; i < argv.length; i++) {
-    let a = argv[i];
-    let v;
-    const eq = a.indexOf('=');
-    if (a.startsWith('--') && eq > 0) { v = a.slice(eq + 1); a = a.slice(0, eq); }
-    const val = () => {
-      if (v !== undefined) return v;
-      if (i + 1 >= argv.length) usage(`${a} needs a value`);
-      return argv[++i];
-    };
-    const num = (s, what) => {
-      const n = Number(s);
-      if (s === '' || !Number.isFinite(n)) usage(`${what} must be a number, got "${s}"`);
-      return n;
-    };
-    switch (a) {
-      case '--port': o.port = num(val(), '--port'); break;
-      case '--host': o.host = val(); break;
-      case '--config': o.config = val(); break;
-      case '--time-scale': o.timeScale = num(val(), '--time-scale'); break;
-      case '--close-min-age': o.closeMinAge = num(val(), '--close-min-age'); break;
-      case '--refund-delay': o.refundDelay = num(val(), '--refund-delay'); break;
-      case '--tls-cert': o.tlsCert = val(); break;
-      case '--tls-key': o.tlsKey = val(); break;
-      case '-h': case '--help': usage(); break;
-      default: usage(`unknown argument ${a}`);
-    }
-  }
-  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) usage('--port must be 0..65535');
-  if (o.timeScale !== null && !(o.timeScale > 0)) usage('--time-scale must be > 0');
-  if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
-  return o;
-}
+const { opts, usage } = lib.parseArgs(process.argv.slice(2), {
+  name: 'swiftpass',
+  usage: 'usage: node test/sim/swiftpass.js --port N [--host 127.0.0.1] [--config FILE]\n' +
+    '       [--time-scale X] [--close-min-age SECONDS] [--refund-delay SECONDS]\n' +
+    '       [--tls-cert FILE --tls-key FILE]\n',
+  options: { '--close-min-age': ['closeMinAge', 'num'], '--refund-delay': ['refundDelay', 'num'] },
+  tls: true,
+});
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
 
-const bytewise = (a, b) => Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
-const randHex = (n) => crypto.randomBytes(Math.ceil(n / 2)).toString('hex').slice(0, n);
-const randDigits = (n) => { let s = ''; while (s.length < n) s += crypto.randomInt(0, 1e9).toString().padStart(9, '0'); return s.slice(0, n); };
-const randAlnum = (n) => { const A = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'; let s = ''; for (let i = 0; i < n; i++) s += A[crypto.randomInt(0, A.length)]; return s; };
-const iso = (ms) => (ms == null ? null : new Date(ms).toISOString());
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
 const present = (v) => v !== undefined && v !== null && v !== '';
 
 /** yyyyMMddHHmmss in GMT+8 */
@@ -135,9 +93,6 @@ function parseGmt8(s) {
   if (!m) return NaN;
   const ms = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) - 8 * 3600e3;
   return gmt8(ms) === s ? ms : NaN;
-}
-function escHtml(s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 }
 const yuan = (fen) => (fen / 100).toFixed(2);
 
@@ -301,7 +256,6 @@ function rsaVerify(str, sig, publicKey, signType) {
 // ---------------------------------------------------------------------------------------------
 // state
 
-const opts = parseArgs(process.argv.slice(2));
 
 const settings = {
   time_scale: opts.timeScale != null ? opts.timeScale : 1,
@@ -462,13 +416,6 @@ function normaliseFault(f) {
     remaining: f.count == null ? null : f.count, used: 0 };
   for (const k of [...REQUEST_FAULT_KEYS, ...NOTIFY_FAULT_KEYS, 'processed']) if (f[k] !== undefined) out[k] = f[k];
   return out;
-}
-function faultView(f) {
-  const v = Object.assign({}, f);
-  v.created_at = iso(f.created_at);
-  v.count_remaining = f.remaining;
-  delete v.remaining;
-  return v;
 }
 /** Takes (consumes one use of) every active fault of `kind` matching `service`. */
 function takeFaults(kind, service) {
@@ -632,55 +579,15 @@ function startNotify(o, reason) {
   scheduleNotify(seq, 0);
   return seq;
 }
-function scheduleNotify(seq, idx) {
-  const sched = settings.notify_schedule_s;
-  if (idx >= sched.length) { seq.state = 'gave_up'; seq.next_at = null; return; }
-  const delay = scaled(sched[idx]);
-  seq.next_at = Date.now() + delay;
-  const t = setTimeout(() => { notifyTimers.delete(t); runNotifyAttempt(seq, idx); }, delay);
-  notifyTimers.add(t);
-}
-async function runNotifyAttempt(seq, idx) {
-  if (seq.gen !== generation) return;
-  seq.next_at = null;
-  seq.state = 'sending';
-  const copies = seq.duplicate ? 2 : 1;
-  const results = await Promise.all(Array.from({ length: copies }, () => postNotify(seq.url, seq.body)));
-  if (seq.gen !== generation) return;
-  let acked = false;
-  results.forEach((r, c) => {
-    const ack = r.body !== null && r.body.trim() === 'success';
-    acked = acked || ack;
-    seq.attempts.push({ n: idx + 1, copy: c + 1, at: r.at, duration_ms: r.duration_ms, http_status: r.http_status,
-      body: r.body, error: r.error, acknowledged: ack });
-  });
-  if (acked) { seq.state = 'acknowledged'; return; }
-  seq.state = 'retrying';
-  scheduleNotify(seq, idx + 1);
-}
+const scheduleNotify = lib.notifier({
+  schedule: () => settings.notify_schedule_s, scaled, timers: notifyTimers, generation: () => generation,
+  post: (seq) => postNotify(seq.url, seq.body),
+  judge: (seq, r) => ({ acknowledged: r.body !== null && r.body.trim() === 'success' }),
+});
 function postNotify(target, body) {
-  return new Promise((resolve) => {
-    const at = Date.now();
-    let done = false;
-    const finish = (r) => { if (!done) { done = true; resolve(Object.assign({ at, duration_ms: Date.now() - at, http_status: null, body: null, error: null }, r)); } };
-    let u;
-    try { u = new URL(target); } catch (e) { return finish({ error: `bad notify_url: ${e.message}` }); }
-    const mod = u.protocol === 'https:' ? https : http;
-    const buf = Buffer.from(body, 'utf8');
-    const req = mod.request(u, {
-      method: 'POST',
-      headers: { 'Content-Type': 'text/xml; charset=UTF-8', 'Content-Length': buf.length, 'User-Agent': 'swiftpass-sim' },
-      rejectUnauthorized: false,
-    }, (res) => {
-      const chunks = [];
-      let size = 0;
-      res.on('data', (d) => { size += d.length; if (size <= 65536) chunks.push(d); });
-      res.on('end', () => finish({ http_status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', (e) => finish({ http_status: res.statusCode, error: e.message }));
-    });
-    req.setTimeout(settings.notify_timeout_ms, () => { req.destroy(new Error(`timeout after ${settings.notify_timeout_ms} ms`)); });
-    req.on('error', (e) => finish({ error: e.message }));
-    req.end(buf);
+  return lib.postNotify(target, body, {
+    headers: (n) => ({ 'Content-Type': 'text/xml; charset=UTF-8', 'Content-Length': n, 'User-Agent': 'swiftpass-sim' }),
+    timeoutMs: settings.notify_timeout_ms, urlName: 'notify_url',
   });
 }
 
@@ -1098,20 +1005,6 @@ function processGateway(f, rec, base) {
   }
 }
 
-function readBody(req, limit) {
-  return new Promise((resolve, reject) => {
-    const chunks = [];
-    let size = 0;
-    let tooLarge = false;
-    req.on('data', (d) => {
-      size += d.length;
-      if (size > limit) { tooLarge = true; chunks.length = 0; }
-      else if (!tooLarge) chunks.push(d);
-    });
-    req.on('end', () => resolve({ buf: tooLarge ? null : Buffer.concat(chunks), size, tooLarge }));
-    req.on('error', reject);
-  });
-}
 
 function baseUrl(req) {
   const proto = opts.tlsCert ? 'https' : 'http';
@@ -1119,12 +1012,6 @@ function baseUrl(req) {
   return `${proto}://${host}`;
 }
 
-function send(res, code, type, body, extraHeaders) {
-  if (res.writableEnded || res.destroyed) return;
-  const buf = Buffer.from(body, 'utf8');
-  res.writeHead(code, Object.assign({ 'Content-Type': type, 'Content-Length': buf.length }, extraHeaders || {}));
-  res.end(buf);
-}
 function sendXml(res, xml, extraHeaders) { send(res, 200, 'text/xml; charset=UTF-8', xml, extraHeaders); }
 
 function hold(req, res, rec) {
@@ -1133,10 +1020,7 @@ function hold(req, res, rec) {
   res.on('close', () => { heldResponses.delete(res); rec.held_closed_at = iso(Date.now()); });
 }
 
-function httpErrorPage(code) {
-  const text = `${code} ${http.STATUS_CODES[code] || 'Error'}`;
-  return `<html>\r\n<head><title>${text}</title></head>\r\n<body>\r\n<center><h1>${text}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n`;
-}
+const httpErrorPage = (code) => lib.httpErrorPage(code, 'nginx');
 
 async function handleGateway(req, res, url) {
   const rec = { id: ++requestSeq, at: Date.now(), method: req.method, path: url.pathname,
@@ -1239,18 +1123,8 @@ async function handleGateway(req, res, url) {
 // ---------------------------------------------------------------------------------------------
 // control API (/_sim/...)
 
-function sendJson(res, code, obj) { send(res, code, 'application/json; charset=UTF-8', JSON.stringify(obj, null, 2) + '\n'); }
-class HttpError extends Error { constructor(code, msg) { super(msg); this.code = code; } }
 
-async function readJson(req) {
-  const { buf, tooLarge } = await readBody(req, MAX_CONTROL_BODY);
-  if (tooLarge) throw new HttpError(413, 'body too large');
-  const text = buf.toString('utf8').trim();
-  if (!text) return {};
-  // JSON normally; a urlencoded form (an HTML form, or curl -d a=b) is accepted too
-  if (text[0] !== '{' && text[0] !== '[' && /^[^=&\s]+=/.test(text)) return Object.fromEntries(new URLSearchParams(text));
-  try { return JSON.parse(text); } catch (e) { throw new HttpError(400, `invalid JSON: ${e.message}`); }
-}
+const readJson = (req) => lib.readJson(req, MAX_CONTROL_BODY);
 
 function lookupOrder(p) {
   let o = null;
@@ -1575,27 +1449,5 @@ function handler(req, res) {
 
 if (opts.config) loadConfig(opts.config);
 
-const server = opts.tlsCert
-  ? https.createServer({ cert: fs.readFileSync(opts.tlsCert), key: fs.readFileSync(opts.tlsKey) }, handler)
-  : http.createServer(handler);
-server.keepAliveTimeout = 60000;
-server.headersTimeout = 65000;
-server.requestTimeout = 0;
 let actualPort = opts.port;
-
-server.on('error', (e) => { process.stderr.write(`swiftpass-sim: ${e.message}\n`); process.exit(1); });
-server.listen(opts.port, opts.host, () => {
-  actualPort = server.address().port;
-  const h = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
-  process.stdout.write(`swiftpass-sim listening on ${opts.tlsCert ? 'https' : 'http'}://${h}:${actualPort}\n`);
-});
-
-function shutdown() {
-  for (const t of notifyTimers) clearTimeout(t);
-  for (const r of heldResponses) r.destroy();
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 1000).unref();
-}
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);
+lib.serve({ name: 'swiftpass', opts, handler, timers: notifyTimers, held: heldResponses, onListen: (p) => { actualPort = p; } });

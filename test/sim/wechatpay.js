@@ -38,11 +38,11 @@
  */
 'use strict';
 
-const http = require('http');
-const https = require('https');
 const crypto = require('crypto');
 const fs = require('fs');
-const { URL, URLSearchParams } = require('url');
+const { URL } = require('url');
+const lib = require('./lib');
+const { randHex, randDigits, randAlnum, iso, sleep, has, escHtml, readBody, faultView, HttpError } = lib;
 
 // ---------------------------------------------------------------------------------------------
 // constants
@@ -61,63 +61,23 @@ const OPS = ['native', 'jsapi', 'codepay', 'query', 'close', 'reverse', 'refund'
 // ---------------------------------------------------------------------------------------------
 // command line
 
-function usage(msg) {
-  if (msg) process.stderr.write(`wechatpay-sim: ${msg}\n`);
-  process.stderr.write('usage: node test/sim/wechatpay.js --port N [--host 127.0.0.1] [--config FILE]\n' +
-    '       [--time-scale X] [--refund-delay S] [--close-min-age S] [--reverse-min-age S]\n' +
-    '       [--sign-with certificate|public_key] [--tls-cert FILE --tls-key FILE]\n');
-  process.exit(2);
-}
 
-function parseArgs(argv) {
-  const o = { port: 0, host: '127.0.0.1', config: null, timeScale: null, refundDelay: null, closeMinAge: null,
-    reverseMinAge: null, signWith: null, tlsCert: null, tlsKey: null };
-  for (let i = 0; i < argv.length; i++) {
-    let a = argv[i];
-    let v;
-    const eq = a.indexOf('=');
-    if (a.startsWith('--') && eq > 0) { v = a.slice(eq + 1); a = a.slice(0, eq); }
-    const val = () => {
-      if (v !== undefined) return v;
-      if (i + 1 >= argv.length) usage(`${a} needs a value`);
-      return argv[++i];
-    };
-    const num = (s, what) => {
-      const n = Number(s);
-      if (s === '' || !Number.isFinite(n)) usage(`${what} must be a number, got "${s}"`);
-      return n;
-    };
-    switch (a) {
-      case '--port': o.port = num(val(), '--port'); break;
-      case '--host': o.host = val(); break;
-      case '--config': o.config = val(); break;
-      case '--time-scale': o.timeScale = num(val(), '--time-scale'); break;
-      case '--refund-delay': o.refundDelay = num(val(), '--refund-delay'); break;
-      case '--close-min-age': o.closeMinAge = num(val(), '--close-min-age'); break;
-      case '--reverse-min-age': o.reverseMinAge = num(val(), '--reverse-min-age'); break;
-      case '--sign-with': o.signWith = val(); break;
-      case '--tls-cert': o.tlsCert = val(); break;
-      case '--tls-key': o.tlsKey = val(); break;
-      case '-h': case '--help': usage(); break;
-      default: usage(`unknown argument ${a}`);
-    }
-  }
-  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) usage('--port must be 0..65535');
-  if (o.timeScale !== null && !(o.timeScale > 0)) usage('--time-scale must be > 0');
-  if (o.signWith !== null && !['certificate', 'public_key'].includes(o.signWith)) usage('--sign-with must be certificate or public_key');
-  if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
-  return o;
-}
+const { opts, usage } = lib.parseArgs(process.argv.slice(2), {
+  name: 'wechatpay',
+  usage: 'usage: node test/sim/wechatpay.js --port N [--host 127.0.0.1] [--config FILE]\n' +
+    '       [--time-scale X] [--refund-delay S] [--close-min-age S] [--reverse-min-age S]\n' +
+    '       [--sign-with certificate|public_key] [--tls-cert FILE --tls-key FILE]\n',
+  options: { '--refund-delay': ['refundDelay', 'num'], '--close-min-age': ['closeMinAge', 'num'],
+    '--reverse-min-age': ['reverseMinAge', 'num'], '--sign-with': ['signWith', 'str'] },
+  tls: true,
+  check: (o, usage) => {
+    if (o.signWith !== null && !['certificate', 'public_key'].includes(o.signWith)) usage('--sign-with must be certificate or public_key');
+  },
+});
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
 
-const randHex = (n) => crypto.randomBytes(Math.ceil(n / 2)).toString('hex').slice(0, n);
-const randDigits = (n) => { let s = ''; while (s.length < n) s += crypto.randomInt(0, 1e9).toString().padStart(9, '0'); return s.slice(0, n); };
-const randAlnum = (n) => { const A = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'; let s = ''; for (let i = 0; i < n; i++) s += A[crypto.randomInt(0, A.length)]; return s; };
-const iso = (ms) => (ms == null ? null : new Date(ms).toISOString());
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
 const present = (v) => v !== undefined && v !== null && v !== '';
 const isObj = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 const nowS = () => Math.floor(Date.now() / 1000);
@@ -135,9 +95,6 @@ function ymdhms8(ms = Date.now()) { return rfc3339(ms).slice(0, 19).replace(/[-T
 function parseRfc3339(s) {
   if (typeof s !== 'string' || !/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$/.test(s)) return NaN;
   return Date.parse(s);
-}
-function escHtml(s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 }
 const yuan = (fen) => (fen / 100).toFixed(2);
 
@@ -235,7 +192,6 @@ function parseAuthorization(h) {
 // ---------------------------------------------------------------------------------------------
 // state
 
-const opts = parseArgs(process.argv.slice(2));
 
 const settings = {
   time_scale: opts.timeScale != null ? opts.timeScale : 1,
@@ -413,13 +369,6 @@ function normaliseFault(f) {
   for (const k of [...REQUEST_FAULT_KEYS, ...NOTIFY_FAULT_KEYS, 'processed']) if (f[k] !== undefined) out[k] = f[k];
   return out;
 }
-function faultView(f) {
-  const v = Object.assign({}, f);
-  v.created_at = iso(f.created_at);
-  v.count_remaining = f.remaining;
-  delete v.remaining;
-  return v;
-}
 function takeFaults(kind, op) {
   const taken = [];
   for (const f of faults) {
@@ -577,14 +526,11 @@ function startNotify(o, eventType, resource, originalType, url) {
   scheduleNotify(seq, 0);
   return seq;
 }
-function scheduleNotify(seq, idx) {
-  const sched = settings.notify_schedule_s;
-  if (idx >= sched.length) { seq.state = 'gave_up'; seq.next_at = null; return; }
-  const delay = scaled(sched[idx]);
-  seq.next_at = Date.now() + delay;
-  const t = setTimeout(() => { notifyTimers.delete(t); runNotifyAttempt(seq, idx); }, delay);
-  notifyTimers.add(t);
-}
+const scheduleNotify = lib.notifier({
+  schedule: () => settings.notify_schedule_s, scaled, timers: notifyTimers, generation: () => generation,
+  post: (seq) => postNotify(seq.url, seq.body, notifyHeaders(seq)),
+  judge: (seq, r) => ({ acknowledged: r.http_status === 200 || r.http_status === 204 }),
+});
 /** Each attempt is signed afresh: a day-later retry must still pass the 5-minute check. */
 function notifyHeaders(seq) {
   const s = signerFor(seq.signer);
@@ -597,43 +543,10 @@ function notifyHeaders(seq) {
     'Wechatpay-Serial': seq.unknown_serial ? 'PUB_KEY_ID_0000000000000000000000000000000000' : s.serial,
   };
 }
-async function runNotifyAttempt(seq, idx) {
-  if (seq.gen !== generation) return;
-  seq.next_at = null;
-  seq.state = 'sending';
-  const copies = seq.duplicate ? 2 : 1;
-  const results = await Promise.all(Array.from({ length: copies }, () => postNotify(seq.url, seq.body, notifyHeaders(seq))));
-  if (seq.gen !== generation) return;
-  let acked = false;
-  results.forEach((r, c) => {
-    const ack = r.http_status === 200 || r.http_status === 204;
-    acked = acked || ack;
-    seq.attempts.push({ n: idx + 1, copy: c + 1, at: r.at, duration_ms: r.duration_ms, request_headers: r.request_headers,
-      http_status: r.http_status, body: r.body, error: r.error, acknowledged: ack });
-  });
-  if (acked) { seq.state = 'acknowledged'; return; }
-  seq.state = 'retrying';
-  scheduleNotify(seq, idx + 1);
-}
 function postNotify(target, body, headers) {
-  return new Promise((resolve) => {
-    const at = Date.now();
-    let done = false;
-    const finish = (r) => { if (!done) { done = true; resolve(Object.assign({ at, duration_ms: Date.now() - at, http_status: null, body: null, error: null, request_headers: headers }, r)); } };
-    let u;
-    try { u = new URL(target); } catch (e) { return finish({ error: `bad notify_url: ${e.message}` }); }
-    const mod = u.protocol === 'https:' ? https : http;
-    const buf = Buffer.from(body, 'utf8');
-    const req = mod.request(u, { method: 'POST', headers: Object.assign({ 'Content-Length': buf.length }, headers), rejectUnauthorized: false }, (res) => {
-      const chunks = [];
-      let size = 0;
-      res.on('data', (d) => { size += d.length; if (size <= 65536) chunks.push(d); });
-      res.on('end', () => finish({ http_status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', (e) => finish({ http_status: res.statusCode, error: e.message }));
-    });
-    req.setTimeout(settings.notify_timeout_ms, () => req.destroy(new Error(`timeout after ${settings.notify_timeout_ms} ms`)));
-    req.on('error', (e) => finish({ error: e.message }));
-    req.end(buf);
+  return lib.postNotify(target, body, {
+    headers: (n) => Object.assign({ 'Content-Length': n }, headers),
+    timeoutMs: settings.notify_timeout_ms, urlName: 'notify_url', extra: { request_headers: headers },
   });
 }
 
@@ -920,16 +833,6 @@ function route(method, pathname) {
 // ---------------------------------------------------------------------------------------------
 // request handling
 
-function readBody(req, limit) {
-  return new Promise((resolve, reject) => {
-    const chunks = [];
-    let size = 0;
-    let tooLarge = false;
-    req.on('data', (d) => { size += d.length; if (size > limit) { tooLarge = true; chunks.length = 0; } else if (!tooLarge) chunks.push(d); });
-    req.on('end', () => resolve({ buf: tooLarge ? null : Buffer.concat(chunks), size, tooLarge }));
-    req.on('error', reject);
-  });
-}
 function send(res, code, headers, body) {
   if (res.writableEnded || res.destroyed) return;
   const buf = Buffer.from(body || '', 'utf8');
@@ -938,10 +841,7 @@ function send(res, code, headers, body) {
   res.writeHead(code, h);
   res.end(code === 204 ? undefined : buf);
 }
-function httpErrorPage(code) {
-  const text = `${code} ${http.STATUS_CODES[code] || 'Error'}`;
-  return `<html>\r\n<head><title>${text}</title></head>\r\n<body>\r\n<center><h1>${text}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n`;
-}
+const httpErrorPage = (code) => lib.httpErrorPage(code, 'nginx');
 function hold(res, rec) {
   rec.held = true;
   heldResponses.add(res);
@@ -1050,16 +950,8 @@ function logRequest(rec) {
   if (requestLog.length > REQUEST_LOG_SIZE) requestLog.splice(0, requestLog.length - REQUEST_LOG_SIZE);
 }
 function sendJson(res, code, obj) { send(res, code, { 'Content-Type': 'application/json; charset=UTF-8' }, JSON.stringify(obj, null, 2) + '\n'); }
-class HttpError extends Error { constructor(code, msg) { super(msg); this.code = code; } }
 
-async function readJson(req) {
-  const { buf, tooLarge } = await readBody(req, MAX_CONTROL_BODY);
-  if (tooLarge) throw new HttpError(413, 'body too large');
-  const text = buf.toString('utf8').trim();
-  if (!text) return {};
-  if (text[0] !== '{' && text[0] !== '[' && /^[^=&\s]+=/.test(text)) return Object.fromEntries(new URLSearchParams(text));
-  try { return JSON.parse(text); } catch (e) { throw new HttpError(400, `invalid JSON: ${e.message}`); }
-}
+const readJson = (req) => lib.readJson(req, MAX_CONTROL_BODY);
 function lookupOrder(p) {
   let o = null;
   if (present(p.token)) o = ordersByToken.get(String(p.token)) || null;
@@ -1343,24 +1235,4 @@ function handler(req, res) {
 try { setPlatform({}); } catch (e) { usage(e.message); }
 if (opts.config) loadConfig(opts.config);
 
-const server = opts.tlsCert
-  ? https.createServer({ cert: fs.readFileSync(opts.tlsCert), key: fs.readFileSync(opts.tlsKey) }, handler)
-  : http.createServer(handler);
-server.keepAliveTimeout = 60000;
-server.headersTimeout = 65000;
-server.requestTimeout = 0;
-server.on('error', (e) => { process.stderr.write(`wechatpay-sim: ${e.message}\n`); process.exit(1); });
-server.listen(opts.port, opts.host, () => {
-  const h = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
-  process.stdout.write(`wechatpay-sim listening on ${opts.tlsCert ? 'https' : 'http'}://${h}:${server.address().port}\n`);
-});
-
-function shutdown() {
-  for (const t of notifyTimers) clearTimeout(t);
-  for (const r of heldResponses) r.destroy();
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 1000).unref();
-}
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);
+lib.serve({ name: 'wechatpay', opts, handler, timers: notifyTimers, held: heldResponses });
