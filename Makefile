@@ -119,10 +119,10 @@ build/test-channels/%.so: $$(wildcard test/channels/%/*.c) channels/gw_channel.h
 	  -shared -o $@ $(filter %.c,$^)
 
 # ---- unit tests (cmocka, ASan+UBSan) ----
-build/asan/unit/%: test/unit/%.c build/asan/libgw.a build/asan/llhttp/llhttp.a
+build/asan/unit/%: test/unit/%.c $(wildcard test/unit/*.h) build/asan/libgw.a build/asan/llhttp/llhttp.a
 	@mkdir -p $(@D)
 	@echo "  TEST    $@"
-	@$(CC) $(BASE_CFLAGS) $(PKG_CFLAGS) $(ASAN_CFLAGS) -Wno-missing-prototypes -o $@ $^ \
+	@$(CC) $(BASE_CFLAGS) $(PKG_CFLAGS) $(ASAN_CFLAGS) -Wno-missing-prototypes -o $@ $(filter-out %.h,$^) \
 	  $(ASAN_LDFLAGS) $(PKG_LIBS) -lcmocka
 
 unit: check-deps asan

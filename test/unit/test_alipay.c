@@ -49,95 +49,27 @@
 #define SELLER "2088102177001234"
 #define TOKEN "202411BB8d7f3e5a0c9b4e2f61a7d3c5e9f0a1b2"
 #define OWN_APP "2021000999999999"
+#define CT_FIELDS_MAX 64 /* fields_t capacity */
+
+/* H, CH, DL, CTX, TMPD and the helpers every channel suite shares */
+#include "chantest.h"
 
 /* ------------------------------------------------------------------ */
 /* test state */
 
-static const gw_host_api_t *H;
-static const gw_channel_t *CH;  /* the vtable of the group being run */
-static void *DL;
-static void *CTX;               /* initialised with SETTINGS */
-static char TMPD[64];
 static char *APP_PRIV, *APP_PUB, *APP_PRIV_B64, *APP_PRIV_PKCS1, *ALI_PRIV, *ALI_PUB, *ALI_PUB_B64, *ROGUE_PRIV,
     *ROGUE_PUB;
 static char SETTINGS[16384];
 
 static gw_chan_merchant_t M_ISV, M_NOTOKEN, M_OWN, M_OVERRIDE;
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)n + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    p[n] = '\0';
-    fclose(f);
-    return p;
-}
-
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
-static gw_str_t S(const char *s)
-{
-    return (gw_str_t){ s, s ? strlen(s) : 0 };
-}
-
-/* JSON string body for a PEM (newlines escaped) */
-static void json_escape_into(char *out, size_t cap, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 3 < cap; s++) {
-        if (*s == '\n') { out[o++] = '\\'; out[o++] = 'n'; }
-        else out[o++] = *s;
-    }
-    out[o] = '\0';
-}
-
 /* ------------------------------------------------------------------ */
 /* shell / openssl (the independent implementation) */
-
-static char *sh(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 4096, len = 0;
-    char *out = malloc(cap);
-    assert_non_null(out);
-    size_t n;
-    while ((n = fread(out + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (cap - len < 2) {
-            cap *= 2;
-            out = realloc(out, cap);
-            assert_non_null(out);
-        }
-    }
-    out[len] = '\0';
-    int st = pclose(p);
-    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return out;
-}
 
 /* Base64 SHA256withRSA signature of the n bytes at s, by `openssl dgst -sign`. */
 static char *ossl_sign_n(const char *keyfile, const char *s, size_t n)
 {
-    char path[128], cmd[512];
-    int st;
-    snprintf(path, sizeof(path), "%s/sign.in", TMPD);
-    write_file(path, s, n);
-    snprintf(cmd, sizeof(cmd), "openssl dgst -sha256 -sign %s %s | openssl base64 -A", keyfile, path);
-    char *r = sh(cmd, &st);
-    assert_int_equal(st, 0);
+    char *r = ct_ossl_sign_n(keyfile, "sha256", s, n);
     assert_true(strlen(r) > 100);
     return r;
 }
@@ -150,46 +82,11 @@ static char *ossl_sign(const char *keyfile, const char *s)
 /* 1 when `openssl dgst -verify` accepts the Base64 signature of s. */
 static int ossl_verify(const char *pubfile, const char *s, const char *sig_b64)
 {
-    char data[128], sigb[128], sig[128], cmd[768];
-    int st;
-    snprintf(data, sizeof(data), "%s/verify.in", TMPD);
-    snprintf(sigb, sizeof(sigb), "%s/verify.sig.b64", TMPD);
-    snprintf(sig, sizeof(sig), "%s/verify.sig", TMPD);
-    write_file(data, s, strlen(s));
-    write_file(sigb, sig_b64, strlen(sig_b64));
-    snprintf(cmd, sizeof(cmd),
-             "openssl base64 -d -A -in %s -out %s && openssl dgst -sha256 -verify %s -signature %s %s 2>/dev/null",
-             sigb, sig, pubfile, sig, data);
-    char *r = sh(cmd, &st);
-    int ok = st == 0 && strstr(r, "Verified OK") != NULL;
-    free(r);
-    return ok;
+    return ct_ossl_verify(pubfile, "sha256", s, sig_b64);
 }
 
 /* ------------------------------------------------------------------ */
 /* the test's own form decoder and signing string */
-
-typedef struct {
-    char *k[64];
-    char *v[64];
-    int n;
-} fields_t;
-
-static void fields_free(fields_t *f)
-{
-    for (int i = 0; i < f->n; i++) {
-        free(f->k[i]);
-        free(f->v[i]);
-    }
-    f->n = 0;
-}
-
-static const char *fget(const fields_t *f, const char *k)
-{
-    for (int i = 0; i < f->n; i++)
-        if (strcmp(f->k[i], k) == 0) return f->v[i];
-    return NULL;
-}
 
 static int hexv(char c)
 {
@@ -234,12 +131,6 @@ static void parse_form_into(const char *s, fields_t *f)
         f->n++;
         s += seg + (amp ? 1 : 0);
     }
-}
-
-static const fields_t *SORT_F;
-static int cmp_idx(const void *a, const void *b)
-{
-    return strcmp(SORT_F->k[*(const int *)a], SORT_F->k[*(const int *)b]);
 }
 
 /* PROTOCOLS.md §C.2 / §C.4, written independently of the module and host:
@@ -333,35 +224,9 @@ static char *mkresp(const char *method_us, const char *text, int mode)
 /* ------------------------------------------------------------------ */
 /* calls */
 
-static gw_chan_call_t mkcall(void *ctx, const gw_chan_merchant_t *m, const gw_chan_order_t *o,
-                             const gw_chan_refund_t *r, uint32_t flags)
-{
-    gw_chan_call_t c;
-    memset(&c, 0, sizeof(c));
-    c.ctx = ctx;
-    c.host = H;
-    c.merchant = m;
-    c.order = o;
-    c.refund = r;
-    c.flags = flags;
-    return c;
-}
-
 static void req_init(gw_chan_request_t *r)
 {
-    memset(r, 0, sizeof(*r));
-    H->buf_init(&r->url, 8192);
-    H->buf_init(&r->headers, 4096);
-    H->buf_init(&r->body, 65536);
-    H->buf_init(&r->sign_string, 65536);
-}
-
-static void req_free(gw_chan_request_t *r)
-{
-    H->buf_free(&r->url);
-    H->buf_free(&r->headers);
-    H->buf_free(&r->body);
-    H->buf_free(&r->sign_string);
+    ct_req_init(r, 8192, 4096, 65536, 65536);
 }
 
 static gw_chan_order_t order_qr(void)
@@ -390,9 +255,6 @@ static gw_chan_order_t order_bar(void)
     o.expire_ms = 0;
     return o;
 }
-
-typedef gw_err_t (*build_fn)(const gw_chan_call_t *, gw_chan_request_t *);
-typedef gw_err_t (*parse_fn)(const gw_chan_call_t *, const gw_chan_response_t *, gw_chan_result_t *);
 
 /* Builds a request and reads it back with the test's own decoder: the URL's
  * query string and the form body, merged (no key in both). */
@@ -456,14 +318,7 @@ static void check_common(const fields_t *f, const char *method, const char *app_
 /* Runs a parse function on an HTTP answer; returns res->status. */
 static int parse(parse_fn fn, const gw_chan_call_t *c, int http, const char *body, gw_chan_result_t *res)
 {
-    gw_chan_response_t resp;
-    memset(&resp, 0, sizeof(resp));
-    resp.status = http;
-    resp.body = S(body);
-    memset(res, 0x5a, sizeof(*res)); /* the module must set every field it reports */
-    H->buf_init(&res->pay_data, 65536);
-    assert_int_equal(fn(c, &resp, res), GW_OK);
-    return res->status;
+    return ct_parse(fn, c, http, NULL, body, res);
 }
 
 static int parse_free(parse_fn fn, const gw_chan_call_t *c, int http, char *body, gw_chan_result_t *res)
@@ -477,32 +332,18 @@ static int parse_free(parse_fn fn, const gw_chan_call_t *c, int http, char *body
 /* ------------------------------------------------------------------ */
 /* group setup */
 
-static void *new_ctx(const char *settings, gw_err_t want)
+static void check_init_reason(gw_err_t rc, const gw_buf_t *err)
 {
-    void *ctx = calloc(1, CH->ctx_size);
-    gw_buf_t err;
-    H->buf_init(&err, 4096);
-    gw_err_t rc = CH->init(ctx, H, settings, strlen(settings), &err);
-    if (rc != want) fprintf(stderr, "init(%.80s…) = %d: %s\n", settings, rc, err.data ? err.data : "");
-    assert_int_equal(rc, want);
     if (rc != GW_OK) {
         /* the reason never holds key material */
-        assert_non_null(err.data);
-        assert_null(strstr(err.data, "MII"));
+        assert_non_null(err->data);
+        assert_null(strstr(err->data, "MII"));
     }
-    H->buf_free(&err);
-    if (rc != GW_OK) {
-        free(ctx);
-        return NULL;
-    }
-    return ctx;
 }
 
-static void free_ctx(void *ctx)
+static void *new_ctx(const char *settings, gw_err_t want)
 {
-    if (ctx == NULL) return;
-    CH->fini(ctx);
-    free(ctx);
+    return ct_new_ctx(settings, want, NULL, 0, check_init_reason);
 }
 
 /* settings JSON with the given extra members (a trailing comma-less list) */
@@ -520,8 +361,7 @@ static void mk_settings(char *out, size_t cap, const char *extra)
 static int common_setup(void)
 {
     H = gw_host_api();
-    snprintf(TMPD, sizeof(TMPD), "/tmp/test_alipay.XXXXXX");
-    if (mkdtemp(TMPD) == NULL) return -1;
+    if (ct_tmpdir_make("test_alipay") != 0) return -1;
     APP_PRIV = read_file(FIX "app_priv.pem");
     APP_PUB = read_file(FIX "app_pub.pem");
     APP_PRIV_B64 = read_file(FIX "app_priv.b64");
@@ -556,54 +396,15 @@ static int common_setup(void)
 
 static int common_teardown(void)
 {
-    free_ctx(CTX);
-    CTX = NULL;
     free(APP_PRIV); free(APP_PUB); free(APP_PRIV_B64); free(APP_PRIV_PKCS1); free(ALI_PRIV); free(ALI_PUB);
     free(ALI_PUB_B64); free(ROGUE_PRIV); free(ROGUE_PUB);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", TMPD);
-    int st;
-    free(sh(cmd, &st));
     return 0;
 }
 
-static int setup_inproc(void **state)
+/* the group's ctx block (chantest.h's fixtures call this once CH is set) */
+static void *group_ctx(void)
 {
-    if (common_setup() != 0) return -1;
-    CH = gw_channel_entry();
-    CTX = new_ctx(SETTINGS, GW_OK);
-    return 0;
-}
-
-static int setup_dlopen(void **state)
-{
-    if (common_setup() != 0) return -1;
-    DL = dlopen(SO_PATH, RTLD_NOW | RTLD_LOCAL);
-    if (DL == NULL) {
-        fprintf(stderr, "dlopen %s: %s (run 'make asan' first)\n", SO_PATH, dlerror());
-        return -1;
-    }
-    gw_channel_entry_fn fn;
-    *(void **)&fn = dlsym(DL, GW_CHANNEL_ENTRY_SYMBOL);
-    if (fn == NULL) return -1;
-    CH = fn();
-    if (CH == gw_channel_entry()) return -1;
-    CTX = new_ctx(SETTINGS, GW_OK);
-    return 0;
-}
-
-static int teardown_inproc(void **state)
-{
-    common_teardown();
-    return 0;
-}
-
-static int teardown_dlopen(void **state)
-{
-    common_teardown();
-    if (DL) dlclose(DL);
-    DL = NULL;
-    return 0;
+    return new_ctx(SETTINGS, GW_OK);
 }
 
 /* ------------------------------------------------------------------ */
@@ -636,17 +437,7 @@ static void t_vtable(void **state)
 
 static void t_shared_object(void **state)
 {
-    int st;
-    char *out = sh("nm -D --defined-only " SO_PATH " | awk '$2 ~ /^[A-Z]$/ {print $3}'", &st);
-    assert_int_equal(st, 0);
-    assert_string_equal(out, "gw_channel_entry\n");
-    free(out);
-    out = sh("objdump -t " SO_PATH " | awk '($4==\".data\"||$4==\".bss\") && $6!=\"completed.0\" && "
-             "$6!=\"__dso_handle\" && $6!=\"__TMC_END__\" && $6!=\".data\" && $6!=\".bss\" {print $6}'",
-             &st);
-    assert_int_equal(st, 0);
-    assert_string_equal(out, "");
-    free(out);
+    ct_assert_so_exports(SO_PATH);
 }
 
 static void t_init(void **state)
@@ -1564,48 +1355,40 @@ static void t_notify_bad(void **state)
 typedef struct {
     const char *resp;
     const char *note;
-    int failures;
 } thr_arg_t;
 
-static void *thr_main(void *p)
+static int thr_main(const void *p)
 {
-    thr_arg_t *a = p;
+    const thr_arg_t *a = p;
+    int failures = 0;
     gw_chan_order_t o = order_bar();
     for (int i = 0; i < 20; i++) {
         gw_chan_call_t c = mkcall(CTX, (i & 1) ? &M_OVERRIDE : &M_ISV, &o, NULL, 0);
         gw_chan_request_t req;
         req_init(&req);
-        if (CH->pay(&c, &req) != GW_OK || req.url.len == 0) a->failures++;
+        if (CH->pay(&c, &req) != GW_OK || req.url.len == 0) failures++;
         req_free(&req);
         c.merchant = &M_ISV;
         gw_chan_response_t resp = { 200, { NULL, 0 }, S(a->resp) };
         gw_chan_result_t res;
         memset(&res, 0, sizeof(res));
         H->buf_init(&res.pay_data, 4096);
-        if (CH->pay_parse(&c, &resp, &res) != GW_OK || res.status != GW_PAY_SUCCESS) a->failures++;
+        if (CH->pay_parse(&c, &resp, &res) != GW_OK || res.status != GW_PAY_SUCCESS) failures++;
         H->buf_free(&res.pay_data);
         gw_chan_notify_t n;
         gw_err_t prc;
-        if (notify(&M_ISV, a->note, &n, &prc) != GW_OK || n.status != GW_PAY_SUCCESS) a->failures++;
+        if (notify(&M_ISV, a->note, &n, &prc) != GW_OK || n.status != GW_PAY_SUCCESS) failures++;
         notify_free(&n);
     }
-    return NULL;
+    return failures;
 }
 
 static void t_threads(void **state)
 {
     char *resp = mkresp("alipay_trade_pay", PAY_OK, SG_ALIPAY);
     char *note = mknotify(NULL, NS_ALIPAY);
-    enum { N = 8 };
-    pthread_t t[N];
-    thr_arg_t a[N];
-    for (int i = 0; i < N; i++) {
-        a[i] = (thr_arg_t){ resp, note, 0 };
-        assert_int_equal(pthread_create(&t[i], NULL, thr_main, &a[i]), 0);
-    }
-    int failures = 0;
-    for (int i = 0; i < N; i++) pthread_join(t[i], NULL);
-    for (int i = 0; i < N; i++) failures += a[i].failures;
+    const thr_arg_t a = { resp, note };
+    int failures = ct_run_threads(thr_main, &a);
     free(resp);
     free(note);
     assert_int_equal(failures, 0);

@@ -51,81 +51,15 @@
 #define GW_URL "https://bkgw.example.com/open/api/common/request.htm"
 #define NOTIFY_URL "https://paygate.example.com/notify/mybank"
 
+/* H, CH, DL, CTX, TMPD and the helpers every channel suite shares */
+#include "chantest.h"
+
 /* ------------------------------------------------------------------ */
 /* test state */
 
-static const gw_host_api_t *H;
-static const gw_channel_t *CH;
-static void *DL;
-static void *CTX;
-static int INPROC;
-static char TMPD[64];
 static char *ISV_PRIV, *ISV_PUB, *ISV_B64, *BANK_PUB, *BANK_B64, *ROGUE_PUB;
 static char SETTINGS[8192];
 static gw_chan_merchant_t M, M_B64, M_NOKEY, M_OVERRIDE;
-
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)n + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    p[n] = '\0';
-    fclose(f);
-    return p;
-}
-
-static void write_file(const char *path, const char *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
-static gw_str_t S(const char *s)
-{
-    return (gw_str_t){ s, s ? strlen(s) : 0 };
-}
-
-static void json_escape_into(char *out, size_t cap, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 3 < cap; s++) {
-        if (*s == '\n') {
-            out[o++] = '\\';
-            out[o++] = 'n';
-        } else {
-            out[o++] = *s;
-        }
-    }
-    out[o] = '\0';
-}
-
-static char *sh(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 4096, len = 0, n;
-    char *out = malloc(cap);
-    assert_non_null(out);
-    while ((n = fread(out + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (cap - len < 2) {
-            cap *= 2;
-            out = realloc(out, cap);
-            assert_non_null(out);
-        }
-    }
-    out[len] = '\0';
-    int st = pclose(p);
-    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return out;
-}
 
 /* 1 when xmlsec1 verifies doc with the public key file. */
 static int xs_verify(const char *doc, size_t len, const char *pubfile)
@@ -264,35 +198,9 @@ static void assert_tag(const char *doc, const char *name, const char *want)
 
 enum op { OP_PAY, OP_QUERY, OP_REFUND, OP_CLOSE };
 
-static gw_chan_call_t mkcall(void *ctx, const gw_chan_merchant_t *m, const gw_chan_order_t *o,
-                             const gw_chan_refund_t *f, uint32_t flags)
-{
-    gw_chan_call_t c;
-    memset(&c, 0, sizeof(c));
-    c.ctx = ctx;
-    c.host = H;
-    c.merchant = m;
-    c.order = o;
-    c.refund = f;
-    c.flags = flags;
-    return c;
-}
-
 static void req_init(gw_chan_request_t *r)
 {
-    memset(r, 0, sizeof(*r));
-    H->buf_init(&r->url, 4096);
-    H->buf_init(&r->headers, 4096);
-    H->buf_init(&r->body, 1u << 20);
-    H->buf_init(&r->sign_string, 1u << 20);
-}
-
-static void req_free(gw_chan_request_t *r)
-{
-    H->buf_free(&r->url);
-    H->buf_free(&r->headers);
-    H->buf_free(&r->body);
-    H->buf_free(&r->sign_string);
+    ct_req_init(r, 4096, 4096, 1u << 20, 1u << 20);
 }
 
 static gw_err_t build(enum op op, const gw_chan_call_t *c, gw_chan_request_t *r)
@@ -308,21 +216,14 @@ static gw_err_t build(enum op op, const gw_chan_call_t *c, gw_chan_request_t *r)
 
 static int parse(enum op op, const gw_chan_call_t *c, int http, const char *body, gw_chan_result_t *res)
 {
-    gw_chan_response_t resp;
-    memset(&resp, 0, sizeof(resp));
-    resp.status = http;
-    resp.body = S(body);
-    memset(res, 0x5a, sizeof(*res)); /* the module must set every field it reports */
-    H->buf_init(&res->pay_data, 65536);
-    gw_err_t rc;
+    parse_fn fn;
     switch (op) {
-    case OP_PAY: rc = CH->pay_parse(c, &resp, res); break;
-    case OP_QUERY: rc = CH->query_parse(c, &resp, res); break;
-    case OP_REFUND: rc = CH->refund_parse(c, &resp, res); break;
-    default: rc = CH->close_parse(c, &resp, res); break;
+    case OP_PAY: fn = CH->pay_parse; break;
+    case OP_QUERY: fn = CH->query_parse; break;
+    case OP_REFUND: fn = CH->refund_parse; break;
+    default: fn = CH->close_parse; break;
     }
-    assert_int_equal(rc, GW_OK);
-    return res->status;
+    return ct_parse(fn, c, http, NULL, body, res);
 }
 
 /* A bank answer: <document><response> with the given Function, ReqMsgId and
@@ -416,33 +317,13 @@ static gw_chan_refund_t refund_one(void)
 
 static void *new_ctx(const char *settings, gw_err_t want, char *errout, size_t errcap)
 {
-    void *ctx = calloc(1, CH->ctx_size);
-    gw_buf_t err;
-    H->buf_init(&err, 4096);
-    gw_err_t rc = CH->init(ctx, H, settings, strlen(settings), &err);
-    if (rc != want) fprintf(stderr, "init(%s) = %d: %s\n", settings, rc, err.data ? err.data : "");
-    assert_int_equal(rc, want);
-    if (errout) snprintf(errout, errcap, "%s", err.data ? err.data : "");
-    H->buf_free(&err);
-    if (rc != GW_OK) {
-        free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
-static void free_ctx(void *ctx)
-{
-    if (ctx == NULL) return;
-    CH->fini(ctx);
-    free(ctx);
+    return ct_new_ctx(settings, want, errout, errcap, NULL);
 }
 
 static int common_setup(void)
 {
     H = gw_host_api();
-    snprintf(TMPD, sizeof(TMPD), "/tmp/test_mybank.XXXXXX");
-    if (mkdtemp(TMPD) == NULL) return -1;
+    if (ct_tmpdir_make("test_mybank") != 0) return -1;
     if (system("xmlsec1 --version >/dev/null 2>&1") != 0) {
         fprintf(stderr, "test_mybank: the xmlsec1 command-line tool is required\n");
         return -1;
@@ -472,64 +353,19 @@ static int common_setup(void)
 
 static int common_teardown(void)
 {
-    free_ctx(CTX);
-    CTX = NULL;
     free(ISV_PRIV);
     free(ISV_PUB);
     free(ISV_B64);
     free(BANK_PUB);
     free(BANK_B64);
     free(ROGUE_PUB);
-    char cmd[128];
-    int st;
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", TMPD);
-    free(sh(cmd, &st));
     return 0;
 }
 
-static int setup_inproc(void **state)
+/* the group's ctx block (chantest.h's fixtures call this once CH is set) */
+static void *group_ctx(void)
 {
-    (void)state;
-    if (common_setup() != 0) return -1;
-    INPROC = 1;
-    CH = gw_channel_entry();
-    CTX = new_ctx(SETTINGS, GW_OK, NULL, 0);
-    return 0;
-}
-
-static int setup_dlopen(void **state)
-{
-    (void)state;
-    if (common_setup() != 0) return -1;
-    INPROC = 0;
-    DL = dlopen(SO_PATH, RTLD_NOW | RTLD_LOCAL);
-    if (DL == NULL) {
-        fprintf(stderr, "dlopen %s: %s (run 'make asan' first)\n", SO_PATH, dlerror());
-        return -1;
-    }
-    gw_channel_entry_fn fn;
-    *(void **)&fn = dlsym(DL, GW_CHANNEL_ENTRY_SYMBOL);
-    if (fn == NULL) return -1;
-    CH = fn();
-    if (CH == gw_channel_entry()) return -1;
-    CTX = new_ctx(SETTINGS, GW_OK, NULL, 0);
-    return 0;
-}
-
-static int teardown_inproc(void **state)
-{
-    (void)state;
-    common_teardown();
-    return 0;
-}
-
-static int teardown_dlopen(void **state)
-{
-    (void)state;
-    common_teardown();
-    if (DL) dlclose(DL);
-    DL = NULL;
-    return 0;
+    return new_ctx(SETTINGS, GW_OK, NULL, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -560,17 +396,7 @@ static void t_vtable(void **state)
 static void t_shared_object(void **state)
 {
     (void)state;
-    int st;
-    char *out = sh("nm -D --defined-only " SO_PATH " | awk '$2 ~ /^[A-Z]$/ {print $3}'", &st);
-    assert_int_equal(st, 0);
-    assert_string_equal(out, "gw_channel_entry\n");
-    free(out);
-    out = sh("objdump -t " SO_PATH " | awk '($4==\".data\"||$4==\".bss\") && $6!=\"completed.0\" && "
-             "$6!=\"__dso_handle\" && $6!=\"__TMC_END__\" && $6!=\".data\" && $6!=\".bss\" {print $6}'",
-             &st);
-    assert_int_equal(st, 0);
-    assert_string_equal(out, "");
-    free(out);
+    ct_assert_so_exports(SO_PATH);
 }
 
 static void t_init(void **state)
@@ -1446,43 +1272,30 @@ static void t_cli(void **state)
 /* ------------------------------------------------------------------ */
 /* threads: the module is reentrant on one ctx */
 
-typedef struct {
-    int failures;
-} thr_t;
-
-static void *thr_main(void *arg)
+static int thr_main(const void *arg)
 {
-    thr_t *t = arg;
+    (void)arg;
+    int failures = 0;
     for (int i = 0; i < 25; i++) {
         gw_chan_order_t o = order_barcode();
         gw_chan_call_t c = mkcall(CTX, &M, &o, NULL, 0);
         gw_chan_request_t r;
         req_init(&r);
         if (CH->query(&c, &r) != GW_OK) {
-            t->failures++;
+            failures++;
         } else {
             gw_rsa_key_t *k = H->rsa_public(ISV_PUB, strlen(ISV_PUB));
-            if (k == NULL || H->xmldsig_verify(r.body.data, r.body.len, k, NULL) != GW_OK) t->failures++;
+            if (k == NULL || H->xmldsig_verify(r.body.data, r.body.len, k, NULL) != GW_OK) failures++;
         }
         req_free(&r);
     }
-    return NULL;
+    return failures;
 }
 
 static void t_threads(void **state)
 {
     (void)state;
-    enum { N = 8 };
-    pthread_t th[N];
-    thr_t a[N];
-    for (int i = 0; i < N; i++) {
-        a[i].failures = 0;
-        assert_int_equal(pthread_create(&th[i], NULL, thr_main, &a[i]), 0);
-    }
-    int failures = 0;
-    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < N; i++) failures += a[i].failures;
-    assert_int_equal(failures, 0);
+    assert_int_equal(ct_run_threads(thr_main, NULL), 0);
 }
 
 /* ------------------------------------------------------------------ */

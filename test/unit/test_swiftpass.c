@@ -45,84 +45,21 @@
 #define MD5_KEY "paygateTESTONLYmd5key0123456789ab"
 #define MD5_MCH "105510000001"
 #define RSA_MCH "105520000002"
+#define CT_FIELDS_MAX 128 /* fields_t capacity */
+
+/* H, CH, DL, CTX, TMPD and the helpers every channel suite shares */
+#include "chantest.h"
 
 /* ------------------------------------------------------------------ */
 /* test state */
 
-static const gw_host_api_t *H;
-static const gw_channel_t *CH;  /* the vtable of the group being run */
-static void *DL;                /* dlopen handle (dlopen group) */
-static void *CTX;               /* ctx block, initialised with PLATFORM_PUB */
-static char TMPD[64];           /* scratch directory for openssl */
 static char *MERCH_PRIV, *MERCH_PUB, *PLAT_PRIV, *PLAT_PUB, *ROGUE_PRIV, *ROGUE_PUB;
 static char SETTINGS[4096];
 
 static gw_chan_merchant_t M_MD5, M_RSA, M_RSA11, M_AGENT, M_NOKEY;
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)n + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    p[n] = '\0';
-    fclose(f);
-    return p;
-}
-
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
-static gw_str_t S(const char *s)
-{
-    return (gw_str_t){ s, s ? strlen(s) : 0 };
-}
-
-/* JSON string literal for a PEM (newlines escaped) */
-static void json_escape_into(char *out, size_t cap, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 3 < cap; s++) {
-        if (*s == '\n') { out[o++] = '\\'; out[o++] = 'n'; }
-        else out[o++] = *s;
-    }
-    out[o] = '\0';
-}
-
 /* ------------------------------------------------------------------ */
 /* shell / openssl (the independent implementation) */
-
-/* Runs cmd with sh; returns its stdout (malloc'd); *status gets the exit code. */
-static char *sh(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 4096, len = 0;
-    char *out = malloc(cap);
-    assert_non_null(out);
-    size_t n;
-    while ((n = fread(out + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (cap - len < 2) {
-            cap *= 2;
-            out = realloc(out, cap);
-            assert_non_null(out);
-        }
-    }
-    out[len] = '\0';
-    int st = pclose(p);
-    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return out;
-}
 
 /* MD5 of s as upper-case hex, by `openssl dgst -md5`. */
 static void ossl_md5_upper(const char *s, char out[33])
@@ -143,60 +80,13 @@ static void ossl_md5_upper(const char *s, char out[33])
 /* Base64 SHA256withRSA (or sha1) signature of s with the PEM key file. */
 static char *ossl_sign(const char *keyfile, const char *alg, const char *s)
 {
-    char path[128], cmd[512];
-    int st;
-    snprintf(path, sizeof(path), "%s/sign.in", TMPD);
-    write_file(path, s, strlen(s));
-    snprintf(cmd, sizeof(cmd), "openssl dgst -%s -sign %s %s | openssl base64 -A", alg, keyfile, path);
-    char *r = sh(cmd, &st);
-    assert_int_equal(st, 0);
+    char *r = ct_ossl_sign_n(keyfile, alg, s, strlen(s));
     assert_true(strlen(r) > 100);
     return r;
 }
 
-/* 1 when `openssl dgst -verify` accepts the Base64 signature of s. */
-static int ossl_verify(const char *pubfile, const char *alg, const char *s, const char *sig_b64)
-{
-    char data[128], sigb[128], sig[128], cmd[768];
-    int st;
-    snprintf(data, sizeof(data), "%s/verify.in", TMPD);
-    snprintf(sigb, sizeof(sigb), "%s/verify.sig.b64", TMPD);
-    snprintf(sig, sizeof(sig), "%s/verify.sig", TMPD);
-    write_file(data, s, strlen(s));
-    write_file(sigb, sig_b64, strlen(sig_b64));
-    snprintf(cmd, sizeof(cmd),
-             "openssl base64 -d -A -in %s -out %s && openssl dgst -%s -verify %s -signature %s %s 2>/dev/null",
-             sigb, sig, alg, pubfile, sig, data);
-    char *r = sh(cmd, &st);
-    int ok = st == 0 && strstr(r, "Verified OK") != NULL;
-    free(r);
-    return ok;
-}
-
 /* ------------------------------------------------------------------ */
 /* the test's own flat-XML reader and signing string */
-
-typedef struct {
-    char *k[128];
-    char *v[128];
-    int n;
-} fields_t;
-
-static void fields_free(fields_t *f)
-{
-    for (int i = 0; i < f->n; i++) {
-        free(f->k[i]);
-        free(f->v[i]);
-    }
-    f->n = 0;
-}
-
-static const char *fget(const fields_t *f, const char *k)
-{
-    for (int i = 0; i < f->n; i++)
-        if (strcmp(f->k[i], k) == 0) return f->v[i];
-    return NULL;
-}
 
 /* Reads exactly <xml><k><![CDATA[v]]></k>…</xml> (values may be split
  * across CDATA sections).  Returns 0 on success. */
@@ -231,12 +121,6 @@ static int parse_wire_xml(const char *x, fields_t *f)
         f->n++;
     }
     return strcmp(x, "</xml>") == 0 ? 0 : -1;
-}
-
-static const fields_t *SORT_F;
-static int cmp_idx(const void *a, const void *b)
-{
-    return strcmp(SORT_F->k[*(const int *)a], SORT_F->k[*(const int *)b]);
 }
 
 /* PROTOCOLS.md §A.5 step 1-2, written independently of the module/host:
@@ -368,35 +252,9 @@ static void replace_once(char **x, const char *a, const char *b)
 /* ------------------------------------------------------------------ */
 /* calls */
 
-static gw_chan_call_t mkcall(void *ctx, const gw_chan_merchant_t *m, const gw_chan_order_t *o,
-                             const gw_chan_refund_t *r, uint32_t flags)
-{
-    gw_chan_call_t c;
-    memset(&c, 0, sizeof(c));
-    c.ctx = ctx;
-    c.host = H;
-    c.merchant = m;
-    c.order = o;
-    c.refund = r;
-    c.flags = flags;
-    return c;
-}
-
 static void req_init(gw_chan_request_t *r)
 {
-    memset(r, 0, sizeof(*r));
-    H->buf_init(&r->url, 4096);
-    H->buf_init(&r->headers, 4096);
-    H->buf_init(&r->body, 65536);
-    H->buf_init(&r->sign_string, 65536);
-}
-
-static void req_free(gw_chan_request_t *r)
-{
-    H->buf_free(&r->url);
-    H->buf_free(&r->headers);
-    H->buf_free(&r->body);
-    H->buf_free(&r->sign_string);
+    ct_req_init(r, 4096, 4096, 65536, 65536);
 }
 
 static gw_chan_order_t order_native(void)
@@ -412,9 +270,6 @@ static gw_chan_order_t order_native(void)
     o.notify_url = S("https://pay.example.com/notify/swiftpass");
     return o;
 }
-
-typedef gw_err_t (*build_fn)(const gw_chan_call_t *, gw_chan_request_t *);
-typedef gw_err_t (*parse_fn)(const gw_chan_call_t *, const gw_chan_response_t *, gw_chan_result_t *);
 
 /* Builds a request and reads it back with the test's own reader. */
 static void build(build_fn fn, const gw_chan_call_t *c, gw_chan_request_t *req, fields_t *f)
@@ -451,23 +306,16 @@ static void check_rsa_request(const gw_chan_request_t *req, const fields_t *f, c
     char *s = sign_string_of(f);
     assert_string_equal(req->sign_string.data, s);
     assert_null(strstr(s, "&key="));
-    assert_true(ossl_verify(FIX "merchant_pub.pem", alg, s, fget(f, "sign")));
+    assert_true(ct_ossl_verify(FIX "merchant_pub.pem", alg, s, fget(f, "sign")));
     /* and not with another key */
-    assert_false(ossl_verify(FIX "platform_pub.pem", alg, s, fget(f, "sign")));
+    assert_false(ct_ossl_verify(FIX "platform_pub.pem", alg, s, fget(f, "sign")));
     free(s);
 }
 
 /* Runs a parse function on an HTTP answer; returns res->status. */
 static int parse(parse_fn fn, const gw_chan_call_t *c, int http, const char *body, gw_chan_result_t *res)
 {
-    gw_chan_response_t resp;
-    memset(&resp, 0, sizeof(resp));
-    resp.status = http;
-    resp.body = S(body);
-    memset(res, 0x5a, sizeof(*res)); /* the module must set every field it reports */
-    H->buf_init(&res->pay_data, 65536);
-    assert_int_equal(fn(c, &resp, res), GW_OK);
-    return res->status;
+    return ct_parse(fn, c, http, NULL, body, res);
 }
 
 static int parse_free(parse_fn fn, const gw_chan_call_t *c, int http, char *body, gw_chan_result_t *res)
@@ -482,32 +330,13 @@ static int parse_free(parse_fn fn, const gw_chan_call_t *c, int http, char *body
 
 static void *new_ctx(const char *settings, gw_err_t want)
 {
-    void *ctx = calloc(1, CH->ctx_size);
-    gw_buf_t err;
-    H->buf_init(&err, 4096);
-    gw_err_t rc = CH->init(ctx, H, settings, strlen(settings), &err);
-    if (rc != want) fprintf(stderr, "init(%s) = %d: %s\n", settings, rc, err.data ? err.data : "");
-    assert_int_equal(rc, want);
-    H->buf_free(&err);
-    if (rc != GW_OK) {
-        free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
-static void free_ctx(void *ctx)
-{
-    if (ctx == NULL) return;
-    CH->fini(ctx);
-    free(ctx);
+    return ct_new_ctx(settings, want, NULL, 0, NULL);
 }
 
 static int common_setup(void)
 {
     H = gw_host_api();
-    snprintf(TMPD, sizeof(TMPD), "/tmp/test_swiftpass.XXXXXX");
-    if (mkdtemp(TMPD) == NULL) return -1;
+    if (ct_tmpdir_make("test_swiftpass") != 0) return -1;
     MERCH_PRIV = read_file(FIX "merchant_priv.pem");
     MERCH_PUB = read_file(FIX "merchant_pub.pem");
     PLAT_PRIV = read_file(FIX "platform_priv.pem");
@@ -542,53 +371,14 @@ static int common_setup(void)
 
 static int common_teardown(void)
 {
-    free_ctx(CTX);
-    CTX = NULL;
     free(MERCH_PRIV); free(MERCH_PUB); free(PLAT_PRIV); free(PLAT_PUB); free(ROGUE_PRIV); free(ROGUE_PUB);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", TMPD);
-    int st;
-    free(sh(cmd, &st));
     return 0;
 }
 
-static int setup_inproc(void **state)
+/* the group's ctx block (chantest.h's fixtures call this once CH is set) */
+static void *group_ctx(void)
 {
-    if (common_setup() != 0) return -1;
-    CH = gw_channel_entry();
-    CTX = new_ctx(SETTINGS, GW_OK);
-    return 0;
-}
-
-static int setup_dlopen(void **state)
-{
-    if (common_setup() != 0) return -1;
-    DL = dlopen(SO_PATH, RTLD_NOW | RTLD_LOCAL);
-    if (DL == NULL) {
-        fprintf(stderr, "dlopen %s: %s (run 'make asan' first)\n", SO_PATH, dlerror());
-        return -1;
-    }
-    gw_channel_entry_fn fn;
-    *(void **)&fn = dlsym(DL, GW_CHANNEL_ENTRY_SYMBOL);
-    if (fn == NULL) return -1;
-    CH = fn();
-    if (CH == gw_channel_entry()) return -1; /* must be the .so's own table */
-    CTX = new_ctx(SETTINGS, GW_OK);
-    return 0;
-}
-
-static int teardown_inproc(void **state)
-{
-    common_teardown();
-    return 0;
-}
-
-static int teardown_dlopen(void **state)
-{
-    common_teardown();
-    if (DL) dlclose(DL);
-    DL = NULL;
-    return 0;
+    return new_ctx(SETTINGS, GW_OK);
 }
 
 /* ------------------------------------------------------------------ */
@@ -645,18 +435,7 @@ static void t_vtable(void **state)
  * (no globals: the module is reentrant by construction). */
 static void t_shared_object(void **state)
 {
-    int st;
-    char *out = sh("nm -D --defined-only " SO_PATH " | awk '$2 ~ /^[A-Z]$/ {print $3}'", &st);
-    assert_int_equal(st, 0);
-    assert_string_equal(out, "gw_channel_entry\n");
-    free(out);
-    /* symbols in .data/.bss other than the C runtime's own */
-    out = sh("objdump -t " SO_PATH " | awk '($4==\".data\"||$4==\".bss\") && $6!=\"completed.0\" && "
-             "$6!=\"__dso_handle\" && $6!=\"__TMC_END__\" && $6!=\".data\" && $6!=\".bss\" {print $6}'",
-             &st);
-    assert_int_equal(st, 0);
-    assert_string_equal(out, "");
-    free(out);
+    ct_assert_so_exports(SO_PATH);
     void *h = dlopen(SO_PATH, RTLD_NOW | RTLD_LOCAL);
     assert_non_null(h);
     assert_non_null(dlsym(h, "gw_channel_entry"));
@@ -1619,12 +1398,12 @@ static void t_notify_bad(void **state)
 typedef struct {
     const char *resp_md5;
     const char *resp_rsa;
-    int failures;
 } thr_arg_t;
 
-static void *thr_main(void *p)
+static int thr_main(const void *p)
 {
-    thr_arg_t *a = p;
+    const thr_arg_t *a = p;
+    int failures = 0;
     gw_chan_order_t o = order_native();
     o.method = GW_METHOD_BARCODE;
     o.auth_code = S("134567890123456789");
@@ -1633,16 +1412,16 @@ static void *thr_main(void *p)
         gw_chan_call_t c = mkcall(CTX, m, &o, NULL, 0);
         gw_chan_request_t req;
         req_init(&req);
-        if (CH->pay(&c, &req) != GW_OK || req.body.len == 0) a->failures++;
+        if (CH->pay(&c, &req) != GW_OK || req.body.len == 0) failures++;
         req_free(&req);
         gw_chan_response_t resp = { 200, { NULL, 0 }, S((i & 1) ? a->resp_rsa : a->resp_md5) };
         gw_chan_result_t res;
         memset(&res, 0, sizeof(res));
         H->buf_init(&res.pay_data, 4096);
-        if (CH->pay_parse(&c, &resp, &res) != GW_OK || res.status != GW_PAY_SUCCESS) a->failures++;
+        if (CH->pay_parse(&c, &resp, &res) != GW_OK || res.status != GW_PAY_SUCCESS) failures++;
         H->buf_free(&res.pay_data);
     }
-    return NULL;
+    return failures;
 }
 
 static void t_threads(void **state)
@@ -1650,16 +1429,8 @@ static void t_threads(void **state)
     const kvp_t paid[] = { { "pay_result", "0" }, { "total_fee", "1234" }, END };
     char *md5 = mkresp(MD5_MCH, SG_MD5, paid);
     char *rsa = mkresp(RSA_MCH, SG_RSA_PLAT, paid);
-    enum { N = 8 };
-    pthread_t t[N];
-    thr_arg_t a[N];
-    for (int i = 0; i < N; i++) {
-        a[i] = (thr_arg_t){ md5, rsa, 0 };
-        assert_int_equal(pthread_create(&t[i], NULL, thr_main, &a[i]), 0);
-    }
-    int failures = 0;
-    for (int i = 0; i < N; i++) pthread_join(t[i], NULL); /* all of them before any assert */
-    for (int i = 0; i < N; i++) failures += a[i].failures;
+    const thr_arg_t a = { md5, rsa };
+    int failures = ct_run_threads(thr_main, &a);
     free(md5);
     free(rsa);
     assert_int_equal(failures, 0);

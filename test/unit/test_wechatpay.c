@@ -53,45 +53,15 @@
 #define OTN "PG20240101000001"
 #define TXN "4200001234202401011234567890"
 
+/* H, CH, DL, CTX, TMPD and the helpers every channel suite shares */
+#include "chantest.h"
+
 /* ------------------------------------------------------------------ */
 /* test state */
 
-static const gw_host_api_t *H;
-static const gw_channel_t *CH;
-static void *DL;
-static void *CTX;            /* settings: the platform certificate and the public key */
-static char TMPD[64];
 static char *MERCH_PRIV, *PLAT_CERT, *PUBKEY_PUB, *ROGUE_CERT, *ROGUE_PUB;
 static char SETTINGS[16384];
 static gw_chan_merchant_t M;
-
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)n + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    p[n] = '\0';
-    fclose(f);
-    return p;
-}
-
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
-static gw_str_t S(const char *s)
-{
-    return (gw_str_t){ s, s ? strlen(s) : 0 };
-}
 
 /* a JSON string literal (quotes included) */
 static char *jq(const char *s)
@@ -115,28 +85,6 @@ static char *xasprintf(const char *fmt, ...)
 
 /* ------------------------------------------------------------------ */
 /* the independent implementations: openssl and node */
-
-static char *sh(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 4096, len = 0;
-    char *out = malloc(cap);
-    assert_non_null(out);
-    size_t n;
-    while ((n = fread(out + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (cap - len < 2) {
-            cap *= 2;
-            out = realloc(out, cap);
-            assert_non_null(out);
-        }
-    }
-    out[len] = '\0';
-    int st = pclose(p);
-    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return out;
-}
 
 /* Results of the external tools, keyed by their whole input: the same
  * signed answer is needed many times (and again by the dlopen group), and
@@ -197,13 +145,7 @@ static char *ossl_sign(const char *keyfile, const char *s)
 
 static char *ossl_sign_raw(const char *keyfile, const char *s)
 {
-    char path[128], cmd[512];
-    int st;
-    snprintf(path, sizeof(path), "%s/sign.in", TMPD);
-    write_file(path, s, strlen(s));
-    snprintf(cmd, sizeof(cmd), "openssl dgst -sha256 -sign %s %s | openssl base64 -A", keyfile, path);
-    char *r = sh(cmd, &st);
-    assert_int_equal(st, 0);
+    char *r = ct_ossl_sign_n(keyfile, "sha256", s, strlen(s));
     assert_true(strlen(r) > 300);
     return r;
 }
@@ -211,20 +153,7 @@ static char *ossl_sign_raw(const char *keyfile, const char *s)
 /* 1 when `openssl dgst -verify` accepts the Base64 signature of s. */
 static int ossl_verify(const char *pubfile, const char *s, const char *sig_b64)
 {
-    char data[128], sigb[128], sig[128], cmd[768];
-    int st;
-    snprintf(data, sizeof(data), "%s/verify.in", TMPD);
-    snprintf(sigb, sizeof(sigb), "%s/verify.sig.b64", TMPD);
-    snprintf(sig, sizeof(sig), "%s/verify.sig", TMPD);
-    write_file(data, s, strlen(s));
-    write_file(sigb, sig_b64, strlen(sig_b64));
-    snprintf(cmd, sizeof(cmd),
-             "openssl base64 -d -A -in %s -out %s && openssl dgst -sha256 -verify %s -signature %s %s 2>/dev/null",
-             sigb, sig, pubfile, sig, data);
-    char *r = sh(cmd, &st);
-    int ok = st == 0 && strstr(r, "Verified OK") != NULL;
-    free(r);
-    return ok;
+    return ct_ossl_verify(pubfile, "sha256", s, sig_b64);
 }
 
 static char *node_gcm_raw(const char *key, const char *nonce, const char *aad, const char *plain);
@@ -305,35 +234,9 @@ static char *mkheaders(const signer_t *sg, const char *body)
 /* ------------------------------------------------------------------ */
 /* calls */
 
-static gw_chan_call_t mkcall(void *ctx, const gw_chan_merchant_t *m, const gw_chan_order_t *o,
-                             const gw_chan_refund_t *r, uint32_t flags)
-{
-    gw_chan_call_t c;
-    memset(&c, 0, sizeof(c));
-    c.ctx = ctx;
-    c.host = H;
-    c.merchant = m;
-    c.order = o;
-    c.refund = r;
-    c.flags = flags;
-    return c;
-}
-
 static void req_init(gw_chan_request_t *r)
 {
-    memset(r, 0, sizeof(*r));
-    H->buf_init(&r->url, 4096);
-    H->buf_init(&r->headers, 16384);
-    H->buf_init(&r->body, 65536);
-    H->buf_init(&r->sign_string, 65536);
-}
-
-static void req_free(gw_chan_request_t *r)
-{
-    H->buf_free(&r->url);
-    H->buf_free(&r->headers);
-    H->buf_free(&r->body);
-    H->buf_free(&r->sign_string);
+    ct_req_init(r, 4096, 16384, 65536, 65536);
 }
 
 static gw_chan_order_t order_native(void)
@@ -377,9 +280,6 @@ static gw_chan_refund_t refund_of(int64_t amount)
     r.reason = S("too sweet");
     return r;
 }
-
-typedef gw_err_t (*build_fn)(const gw_chan_call_t *, gw_chan_request_t *);
-typedef gw_err_t (*parse_fn)(const gw_chan_call_t *, const gw_chan_response_t *, gw_chan_result_t *);
 
 /* ---- the Authorization header, read independently ---- */
 
@@ -502,16 +402,9 @@ static int parse(parse_fn fn, const gw_chan_call_t *c, int http, const char *bod
                  gw_chan_result_t *res)
 {
     char *hdrs = mkheaders(sg, body);
-    gw_chan_response_t resp;
-    memset(&resp, 0, sizeof(resp));
-    resp.status = http;
-    resp.headers = S(hdrs);
-    resp.body = S(body);
-    memset(res, 0x5a, sizeof(*res)); /* the module must set every field it reports */
-    H->buf_init(&res->pay_data, 65536);
-    assert_int_equal(fn(c, &resp, res), GW_OK);
+    int st = ct_parse(fn, c, http, hdrs, body, res);
     free(hdrs);
-    return res->status;
+    return st;
 }
 
 static int parse1(parse_fn fn, const gw_chan_call_t *c, int http, const char *body, const signer_t *sg)
@@ -550,34 +443,14 @@ static char *refund_obj(const char *orn, const char *status, long refund)
 
 static void *new_ctx(const char *settings, gw_err_t want, char *errout, size_t errcap)
 {
-    void *ctx = calloc(1, CH->ctx_size);
-    gw_buf_t err;
-    H->buf_init(&err, 4096);
-    gw_err_t rc = CH->init(ctx, H, settings, strlen(settings), &err);
-    if (rc != want) fprintf(stderr, "init(%.200s) = %d: %s\n", settings, rc, err.data ? err.data : "");
-    assert_int_equal(rc, want);
-    if (errout) snprintf(errout, errcap, "%s", err.data ? err.data : "");
-    H->buf_free(&err);
-    if (rc != GW_OK) {
-        free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
-static void free_ctx(void *ctx)
-{
-    if (ctx == NULL) return;
-    CH->fini(ctx);
-    free(ctx);
+    return ct_new_ctx(settings, want, errout, errcap, NULL);
 }
 
 static int common_setup(void)
 {
     H = gw_host_api();
     if (TS0 == 0) TS0 = (long)time(NULL); /* both groups together take far less than 5 minutes */
-    snprintf(TMPD, sizeof(TMPD), "/tmp/test_wechatpay.XXXXXX");
-    if (mkdtemp(TMPD) == NULL) return -1;
+    if (ct_tmpdir_make("test_wechatpay") != 0) return -1;
     MERCH_PRIV = read_file(FIX "merchant_priv.pem");
     PLAT_CERT = read_file(FIX "platform_cert.pem");
     PUBKEY_PUB = read_file(FIX "pubkey_pub.pem");
@@ -601,57 +474,18 @@ static int common_setup(void)
 
 static int common_teardown(void)
 {
-    free_ctx(CTX);
-    CTX = NULL;
     free(MERCH_PRIV);
     free(PLAT_CERT);
     free(PUBKEY_PUB);
     free(ROGUE_CERT);
     free(ROGUE_PUB);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", TMPD);
-    int st;
-    free(sh(cmd, &st));
     return 0;
 }
 
-static int setup_inproc(void **state)
+/* the group's ctx block (chantest.h's fixtures call this once CH is set) */
+static void *group_ctx(void)
 {
-    if (common_setup() != 0) return -1;
-    CH = gw_channel_entry();
-    CTX = new_ctx(SETTINGS, GW_OK, NULL, 0);
-    return 0;
-}
-
-static int setup_dlopen(void **state)
-{
-    if (common_setup() != 0) return -1;
-    DL = dlopen(SO_PATH, RTLD_NOW | RTLD_LOCAL);
-    if (DL == NULL) {
-        fprintf(stderr, "dlopen %s: %s (run 'make asan' first)\n", SO_PATH, dlerror());
-        return -1;
-    }
-    gw_channel_entry_fn fn;
-    *(void **)&fn = dlsym(DL, GW_CHANNEL_ENTRY_SYMBOL);
-    if (fn == NULL) return -1;
-    CH = fn();
-    if (CH == gw_channel_entry()) return -1;
-    CTX = new_ctx(SETTINGS, GW_OK, NULL, 0);
-    return 0;
-}
-
-static int teardown_inproc(void **state)
-{
-    common_teardown();
-    return 0;
-}
-
-static int teardown_dlopen(void **state)
-{
-    common_teardown();
-    if (DL) dlclose(DL);
-    DL = NULL;
-    return 0;
+    return new_ctx(SETTINGS, GW_OK, NULL, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -678,17 +512,7 @@ static void t_vtable(void **state)
 
 static void t_shared_object(void **state)
 {
-    int st;
-    char *out = sh("nm -D --defined-only " SO_PATH " | awk '$2 ~ /^[A-Z]$/ {print $3}'", &st);
-    assert_int_equal(st, 0);
-    assert_string_equal(out, "gw_channel_entry\n");
-    free(out);
-    out = sh("objdump -t " SO_PATH " | awk '($4==\".data\"||$4==\".bss\") && $6!=\"completed.0\" && "
-             "$6!=\"__dso_handle\" && $6!=\"__TMC_END__\" && $6!=\".data\" && $6!=\".bss\" {print $6}'",
-             &st);
-    assert_int_equal(st, 0);
-    assert_string_equal(out, "");
-    free(out);
+    ct_assert_so_exports(SO_PATH);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1620,43 +1444,35 @@ static void t_notify_bad(void **state)
 typedef struct {
     const char *resp_body;
     const char *resp_headers;
-    int failures;
 } thr_arg_t;
 
-static void *thr_main(void *p)
+static int thr_main(const void *p)
 {
-    thr_arg_t *a = p;
+    const thr_arg_t *a = p;
+    int failures = 0;
     gw_chan_order_t o = order_codepay();
     for (int i = 0; i < 20; i++) {
         gw_chan_call_t c = mkcall(CTX, &M, &o, NULL, 0);
         gw_chan_request_t req;
         req_init(&req);
-        if (CH->pay(&c, &req) != GW_OK || req.body.len == 0) a->failures++;
+        if (CH->pay(&c, &req) != GW_OK || req.body.len == 0) failures++;
         req_free(&req);
         gw_chan_response_t resp = { 200, S(a->resp_headers), S(a->resp_body) };
         gw_chan_result_t res;
         memset(&res, 0, sizeof(res));
         H->buf_init(&res.pay_data, 4096);
-        if (CH->pay_parse(&c, &resp, &res) != GW_OK || res.status != GW_PAY_SUCCESS) a->failures++;
+        if (CH->pay_parse(&c, &resp, &res) != GW_OK || res.status != GW_PAY_SUCCESS) failures++;
         H->buf_free(&res.pay_data);
     }
-    return NULL;
+    return failures;
 }
 
 static void t_threads(void **state)
 {
     char *b = txn(MCH, OTN, "SUCCESS", 1234);
     char *hdrs = mkheaders(&BY_PUBKEY, b);
-    enum { N = 8 };
-    pthread_t t[N];
-    thr_arg_t a[N];
-    for (int i = 0; i < N; i++) {
-        a[i] = (thr_arg_t){ b, hdrs, 0 };
-        assert_int_equal(pthread_create(&t[i], NULL, thr_main, &a[i]), 0);
-    }
-    int failures = 0;
-    for (int i = 0; i < N; i++) pthread_join(t[i], NULL);
-    for (int i = 0; i < N; i++) failures += a[i].failures;
+    const thr_arg_t a = { b, hdrs };
+    int failures = ct_run_threads(thr_main, &a);
     free(b);
     free(hdrs);
     assert_int_equal(failures, 0);
