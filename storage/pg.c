@@ -723,75 +723,59 @@ static int conn_send(pg_conn_t *c, pg_job_t *j)
 static void on_prepare(uv_prepare_t *h);
 static pg_job_t *job_new(const char *stmt, const char *sql, int nparams, const char *const *values);
 
-typedef struct pg_sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} pg_sbuf_t;
-
-static void sb_put(pg_sbuf_t *b, const char *s, size_t n)
+/* gw_buf_append whose first error sticks in *rc (later appends do nothing). */
+static void put(gw_buf_t *b, gw_err_t *rc, const char *s, size_t n)
 {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (q == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
+    if (*rc == GW_OK) *rc = gw_buf_append(b, s, n);
 }
 
 /* s as a JSON string (NULL: null). */
-static void sb_json_str(pg_sbuf_t *b, const char *s)
+static void put_json_str(gw_buf_t *b, gw_err_t *rc, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
     if (s == NULL) {
-        sb_put(b, "null", 4);
+        put(b, rc, "null", 4);
         return;
     }
-    sb_put(b, "\"", 1);
+    put(b, rc, "\"", 1);
     const char *run = s;
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (c >= 0x20 && c != '"' && c != '\\') continue;
-        sb_put(b, run, (size_t)(s - run));
+        put(b, rc, run, (size_t)(s - run));
         char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
-        if (c == '"' || c == '\\') sb_put(b, (char[]){ '\\', (char)c }, 2);
-        else sb_put(b, esc, 6);
+        if (c == '"' || c == '\\') put(b, rc, (char[]){ '\\', (char)c }, 2);
+        else put(b, rc, esc, 6);
         run = s + 1;
     }
-    sb_put(b, run, (size_t)(s - run));
-    sb_put(b, "\"", 1);
+    put(b, rc, run, (size_t)(s - run));
+    put(b, rc, "\"", 1);
 }
 
-/* The batch's one parameter: [[job 0's parameters], [job 1's], ...]. */
+/* The batch's one parameter: [[job 0's parameters], [job 1's], ...]; NULL
+ * when it cannot be built (no memory, over PostgreSQL's 1 GB). */
 static char *batch_param(const pg_stmt_t *st, pg_job_t *const *m, int n)
 {
-    pg_sbuf_t b = { 0 };
-    sb_put(&b, "[", 1);
+    gw_buf_t b;
+    gw_err_t rc = GW_OK;
+    gw_buf_init(&b, (size_t)1 << 30);
+    put(&b, &rc, "[", 1);
     for (int k = 0; k < n; k++) {
-        sb_put(&b, k ? ",[" : "[", k ? 2 : 1);
+        put(&b, &rc, k ? ",[" : "[", k ? 2 : 1);
         for (int i = 0; i < m[k]->nparams; i++) {
             const char *v = m[k]->values[i];
-            if (i) sb_put(&b, ",", 1);
-            if (v && i < 32 && (st->raw_mask >> i & 1u)) sb_put(&b, v, strlen(v));
-            else sb_json_str(&b, v);
+            if (i) put(&b, &rc, ",", 1);
+            if (v && i < 32 && (st->raw_mask >> i & 1u)) put(&b, &rc, v, strlen(v));
+            else put_json_str(&b, &rc, v);
         }
-        sb_put(&b, "]", 1);
+        put(&b, &rc, "]", 1);
     }
-    sb_put(&b, "]", 1);
-    if (b.oom) {
-        free(b.p);
+    put(&b, &rc, "]", 1);
+    if (rc != GW_OK) {
+        gw_buf_free(&b);
         return NULL;
     }
-    return b.p;
+    return b.data;
 }
 
 /* first was just taken from the queue: takes the queued jobs of the same
