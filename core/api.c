@@ -116,11 +116,17 @@ struct gw_merchant_cache {
     mc_entry_t *b[MC_BUCKETS];
 };
 
-static unsigned mc_hash(const char *s)
+/* FNV-1a of a string, for the in-process caches' buckets. */
+static unsigned str_hash(const char *s)
 {
     unsigned h = 2166136261u;
     for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
-    return h % MC_BUCKETS;
+    return h;
+}
+
+static unsigned mc_hash(const char *s)
+{
+    return str_hash(s) % MC_BUCKETS;
 }
 
 static mc_entry_t *mc_get(gw_app_t *app, const char *id)
@@ -213,9 +219,7 @@ static sc_mch_t *submch[SC_BUCKETS];
 
 static unsigned sc_mch_hash(const char *k)
 {
-    unsigned h = 2166136261u;
-    for (; *k; k++) h = (h ^ (unsigned char)*k) * 16777619u;
-    return h % SC_BUCKETS;
+    return str_hash(k) % SC_BUCKETS;
 }
 
 static int sc_mch_key(char *key, size_t len, const char *channel, const char *mch_id)
@@ -1016,9 +1020,7 @@ static routes_entry_t *routes_cache[ROUTES_BUCKETS];
 
 static routes_entry_t **routes_slot(const char *shop)
 {
-    unsigned h = 2166136261u;
-    for (const char *p = shop; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-    routes_entry_t **pp = &routes_cache[h % ROUTES_BUCKETS];
+    routes_entry_t **pp = &routes_cache[str_hash(shop) % ROUTES_BUCKETS];
     while (*pp && strcmp((*pp)->shop, shop) != 0) pp = &(*pp)->next;
     return pp;
 }

@@ -597,6 +597,11 @@ gw_chan_module_t *gw_chan_acquire(gw_chan_registry_t *r, const char *name)
     return NULL;
 }
 
+int gw_chan_light(const gw_channel_t *vt, const gw_chan_call_t *call)
+{
+    return vt->light != NULL && vt->light(call);
+}
+
 void gw_chan_release(gw_chan_module_t *m)
 {
     if (m == NULL) return;

@@ -87,6 +87,11 @@ gw_err_t gw_chan_reload(gw_chan_registry_t *r);
 gw_chan_module_t *gw_chan_acquire(gw_chan_registry_t *r, const char *name);
 void gw_chan_release(gw_chan_module_t *m);
 
+/* Nonzero when the module declares this call light (ABI 1.3): build, parse
+ * and notification verification then run on the loop, not the thread pool.
+ * Modules older than 1.3 have light NULL in the core's copy: never. */
+int gw_chan_light(const gw_channel_t *vt, const gw_chan_call_t *call);
+
 /* Appends one object per channel of the current generation to array:
  *   {"name","version","file","abi":"1.0","generation" (where it was loaded),
  *    "inflight","methods":[…],"loaded_at" (ISO 8601 UTC),"last_error"|null}

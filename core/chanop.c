@@ -363,7 +363,7 @@ gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, enum gw_chanop_kind k
     h->buf_init(&o->out.res.pay_data, 64 * 1024);
     o->out.res.amount = -1;
     o->work.data = o;
-    o->light = o->vt->light != NULL && o->vt->light(&o->call);
+    o->light = gw_chan_light(o->vt, &o->call);
     if (o->light ? build_light(o) != 0 : uv_queue_work(app->loop, &o->work, build_work, build_done) != 0) {
         gw_chan_release(mod);
         gw_health_release(app, channel, 0);

@@ -161,7 +161,6 @@ static void sub_cb(void *udata, gw_err_t err, cJSON *j)
         answer(n, 0);
         return;
     }
-    if (j != gw_subcache_get_by_mch(n->app, n->channel, n->out.mch_id)) gw_subcache_put(n->app, j);
     n->sub = cJSON_Duplicate(j, 1);
     n->cm.mch_id = js(n->sub, "mch_id");
     n->cm.app_id = js(n->sub, "app_id");
@@ -171,12 +170,21 @@ static void sub_cb(void *udata, gw_err_t err, cJSON *j)
     n->cm.extra = js(n->sub, "extra");
     n->work.data = n;
     gw_chan_call_t call = { .ctx = n->mod->ctx, .host = gw_host_api(), .merchant = &n->cm };
-    if (n->vt->light && n->vt->light(&call)) { /* an MD5 check: on the loop (ABI 1.3) */
+    if (gw_chan_light(n->vt, &call)) { /* e.g. an MD5 check: on the loop */
         verify_work(&n->work);
         verify_done(&n->work, 0);
         return;
     }
     if (uv_queue_work(n->app->loop, &n->work, verify_work, verify_done) != 0) answer(n, 0);
+}
+
+/* The row from PostgreSQL: cached for the next notifications of this
+ * merchant number, then used. */
+static void sub_loaded(void *udata, gw_err_t err, cJSON *j)
+{
+    notif_t *n = udata;
+    if (err == GW_OK) gw_subcache_put(n->app, j);
+    sub_cb(n, err, j);
 }
 
 void gw_notify_handle(gw_app_t *app, gw_http_req_t *req, gw_str_t channel);
@@ -232,6 +240,6 @@ void gw_notify_handle(gw_app_t *app, gw_http_req_t *req, gw_str_t channel)
         return;
     }
     const char *v[] = { chan, n->out.mch_id };
-    rc = gw_pg_json(app, "sub_get_by_mch", 2, v, sub_cb, n);
+    rc = gw_pg_json(app, "sub_get_by_mch", 2, v, sub_loaded, n);
     if (rc != GW_OK) answer(n, 0);
 }
