@@ -14,7 +14,7 @@ struct cJSON;
 /* Parses a channel's bill file into rows for gw_reconcile():
  * [{"kind": "pay"|"refund", "trade_no", "refund_no"?, "amount" (fen),
  *   "status", "mch_id", "channel_trade_no"?, "time"?}, …].
- * GW_ENOTSUP for a channel whose format is not implemented, GW_EPARSE for
+ * GW_ENOTSUP for a channel without a bill (the mock, any other name), GW_EPARSE for
  * a malformed bill (err says where; for Alipay's zip also a truncated,
  * oversized or otherwise refused archive), GW_ENOMEM / GW_EIO (iconv)
  * otherwise.  text need not be NUL-terminated (Alipay's bill is a zip). */
