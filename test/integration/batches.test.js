@@ -24,7 +24,7 @@ const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
 const http = require('node:http');
-const { execFileSync } = require('node:child_process');
+const { execFileSync, spawnSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
 
@@ -441,4 +441,49 @@ test('a burst of Swiftpass notifications: applied once each, duplicates, mismatc
 
   assert.ok(d.batches >= 1, `no batch formed during the burst: ${JSON.stringify(d)}`);
   assert.ok(d.jobs >= 10, `fewer than 10 jobs went in batches: ${JSON.stringify(d)}`);
+});
+
+/* The first-transition batch's UPDATE reads orders by primary key, call
+ * after call: its plan is made once per session (0014: generic, sequential
+ * and bitmap scans off; a plan made per call would show the ids as
+ * constants, not as a parameter), and must not turn into a scan of the table or of
+ * the due index (0011: both were measured, each cost more per batch as the
+ * table grew).  auto_explain (as the superuser, in one session) prints the
+ * plan of every statement run inside the function; the orders are put back
+ * to CREATED inside a transaction that is rolled back. */
+test('the first-transition batch is planned as a primary-key lookup, call after call', () => {
+  const ids = rows(`SELECT id FROM orders WHERE status <> 'CREATED' ORDER BY id LIMIT 7`).map((x) => Number(x.id));
+  assert.equal(ids.length, 7, 'the earlier tests left orders to use');
+  const calls = ids.map((id) => `SELECT count(*) FROM gw_order_transition_first_many(
+      jsonb_build_array(jsonb_build_array(${id}, '{CREATED}', 'PENDING', '{"channel_msg":"plan"}'::jsonb, 'channel')));`);
+  const sql = [
+    'BEGIN;',
+    "LOAD 'auto_explain';",
+    'SET auto_explain.log_min_duration = 0;',
+    'SET auto_explain.log_nested_statements = on;',
+    'SET auto_explain.log_level = notice;',
+    'SET client_min_messages = notice;',
+    `UPDATE orders SET status = 'CREATED' WHERE id = ANY (ARRAY[${ids.join(',')}]::bigint[]);`,
+    ...calls,
+    `SELECT count(*) FROM orders WHERE id = ANY (ARRAY[${ids.join(',')}]::bigint[]) AND channel_msg = 'plan';`,
+    'ROLLBACK;',
+  ].join('\n');
+  const r = spawnSync('psql', [services.pg.superConninfo, '-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-f', '-'],
+    { input: sql, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  // every call changed its order (the last count is of the seven updates)
+  assert.deepEqual(r.stdout.trim().split('\n'), [...ids.map(() => '1'), '7']);
+  // the plans of the function's UPDATE, one per call
+  const plans = r.stderr.split(/NOTICE: {2}duration: /).filter((p) => /WITH upd AS/.test(p) && /Update on orders/.test(p));
+  assert.equal(plans.length, ids.length, r.stderr);
+  for (const p of plans) {
+    const plan = p.slice(p.indexOf('\nCTE Scan on upd'));  // the plan, without the query's text
+    assert.match(plan, /Update on orders o .*\n\s+->  Index Scan using orders_pkey on orders o /, p);
+    assert.doesNotMatch(plan, /Seq Scan on orders|Bitmap|orders_due_idx/, p);
+    // generic: the ids are a parameter, not the constants of a plan made for this call
+    assert.match(plan, /Index Cond: \(id = ANY \(\$\d+\)\)/, p);
+  }
+  // rolled back: none of them is CREATED or carries the marker
+  assert.equal(psql(`SELECT count(*) FROM orders WHERE id = ANY (ARRAY[${ids.join(',')}]::bigint[])
+                       AND (status = 'CREATED' OR channel_msg = 'plan')`), '0');
 });
