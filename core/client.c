@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 struct gw_client {
     uv_loop_t *loop;
@@ -18,13 +19,24 @@ struct gw_client {
     void (*done)(void *);
     void *done_udata;
     struct xfer *xfers; /* in flight, for cancellation */
-    struct sock_ctx *socks; /* polled sockets */
+    struct sock_ctx *socks; /* every socket libcurl has open */
+    struct sock_ctx **byfd; /* the same, by descriptor */
+    int nbyfd;
 };
 
+/* One per socket, from libcurl's first use of it until libcurl closes it
+ * (CURLOPT_CLOSESOCKETFUNCTION) — not per transfer.  A keep-alive
+ * connection between two requests is "idle": libcurl has removed it
+ * (CURL_POLL_REMOVE) but the poll handle stays, watching for readability,
+ * so that the next request on it changes nothing in epoll.  Per transfer,
+ * a poll handle made and closed cost five epoll_ctl calls (libuv tests a new
+ * descriptor by adding and removing it) — a tenth of paygated's time in the
+ * c-to-b bench (docs/performance.md, "Third round"). */
 typedef struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
     int events;       /* what the poll handle watches now (0: stopped) */
+    int idle;         /* libcurl keeps it for a later request */
     gw_client_t *client;
     struct sock_ctx *prev, *next;
 } sock_ctx_t;
@@ -44,6 +56,7 @@ static int curl_initialised;
 
 static void check_multi_info(gw_client_t *c);
 static void on_sock_close(uv_handle_t *h);
+static void on_poll(uv_poll_t *h, int status, int events);
 
 static void xfer_finish(xfer_t *x, gw_err_t err, const char *msg)
 {
@@ -94,10 +107,30 @@ static void check_multi_info(gw_client_t *c)
     }
 }
 
+static void sock_watch(sock_ctx_t *s, int events)
+{
+    /* an idle connection does not keep the loop alive */
+    if (s->idle) uv_unref((uv_handle_t *)&s->poll);
+    else uv_ref((uv_handle_t *)&s->poll);
+    /* uv_poll_start re-registers the fd with epoll even for the same
+     * events (two system calls): only when they change */
+    if (events == s->events) return;
+    s->events = events;
+    if (events == 0) uv_poll_stop(&s->poll);
+    else uv_poll_start(&s->poll, events, on_poll);
+}
+
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     sock_ctx_t *s = h->data;
     gw_client_t *c = s->client;
+    if (s->idle) {
+        /* the peer closed a kept connection (or sent what nobody asked
+         * for): stop watching it; libcurl finds it dead when it next
+         * looks at it and closes it */
+        sock_watch(s, 0);
+        return;
+    }
     int flags = 0;
     if (status < 0) flags = CURL_CSELECT_ERR;
     else {
@@ -126,6 +159,9 @@ static int start_timeout(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/* Before the descriptor is closed: uv_close stops the poll handle and
+ * removes the descriptor from epoll at once (later, the number may already
+ * belong to another socket). */
 static void sock_release(sock_ctx_t *s)
 {
     gw_client_t *c = s->client;
@@ -133,8 +169,50 @@ static void sock_release(sock_ctx_t *s)
     else c->socks = s->next;
     if (s->next) s->next->prev = s->prev;
     s->prev = s->next = NULL;
-    uv_poll_stop(&s->poll);
+    if (s->fd >= 0 && s->fd < c->nbyfd && c->byfd[s->fd] == s) c->byfd[s->fd] = NULL;
     uv_close((uv_handle_t *)&s->poll, on_sock_close);
+}
+
+static sock_ctx_t *sock_find(gw_client_t *c, curl_socket_t fd)
+{
+    return fd >= 0 && fd < c->nbyfd ? c->byfd[fd] : NULL;
+}
+
+static sock_ctx_t *sock_new(gw_client_t *c, curl_socket_t fd)
+{
+    if (fd < 0) return NULL;
+    if (fd >= c->nbyfd) {
+        int n = c->nbyfd ? c->nbyfd : 64;
+        while (n <= fd) n *= 2;
+        sock_ctx_t **t = realloc(c->byfd, (size_t)n * sizeof(*t));
+        if (t == NULL) return NULL;
+        for (int i = c->nbyfd; i < n; i++) t[i] = NULL;
+        c->byfd = t;
+        c->nbyfd = n;
+    }
+    sock_ctx_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) return NULL;
+    s->fd = fd;
+    s->client = c;
+    if (uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
+        free(s);
+        return NULL;
+    }
+    s->poll.data = s;
+    c->handles_open++;
+    s->next = c->socks;
+    if (c->socks) c->socks->prev = s;
+    c->socks = s;
+    c->byfd[fd] = s;
+    return s;
+}
+
+/* libcurl closes a socket: its poll handle goes first. */
+static int close_socket(void *clientp, curl_socket_t fd)
+{
+    sock_ctx_t *s = sock_find(clientp, fd);
+    if (s) sock_release(s);
+    return close(fd);
 }
 
 static void on_sock_close(uv_handle_t *h)
@@ -155,39 +233,23 @@ static int handle_socket(CURL *easy, curl_socket_t fd, int action, void *userp, 
 {
     (void)easy;
     gw_client_t *c = userp;
-    sock_ctx_t *s = socketp;
+    sock_ctx_t *s = socketp ? socketp : sock_find(c, fd);
     if (action == CURL_POLL_REMOVE) {
+        /* kept for the next request on this connection, or closed next
+         * (close_socket) */
         if (s) {
-            sock_release(s);
-            curl_multi_assign(c->multi, fd, NULL);
+            s->idle = 1;
+            sock_watch(s, UV_READABLE);
         }
         return 0;
     }
-    if (s == NULL) {
-        s = calloc(1, sizeof(*s));
-        if (s == NULL) return -1;
-        s->fd = fd;
-        s->client = c;
-        if (uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
-            free(s);
-            return -1;
-        }
-        s->poll.data = s;
-        c->handles_open++;
-        s->next = c->socks;
-        if (c->socks) c->socks->prev = s;
-        c->socks = s;
-        curl_multi_assign(c->multi, fd, s);
-    }
+    if (s == NULL && (s = sock_new(c, fd)) == NULL) return -1;
+    if (socketp == NULL) curl_multi_assign(c->multi, fd, s);
+    s->idle = 0;
     int events = 0;
     if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) events |= UV_READABLE;
     if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) events |= UV_WRITABLE;
-    /* uv_poll_start re-registers the fd with epoll even for the same
-     * events (two system calls): only when they change */
-    if (events == s->events) return 0;
-    s->events = events;
-    if (events == 0) uv_poll_stop(&s->poll);
-    else uv_poll_start(&s->poll, events, on_poll);
+    sock_watch(s, events);
     return 0;
 }
 
@@ -277,6 +339,8 @@ gw_err_t gw_client_send(gw_client_t *c, const gw_client_request_t *req, gw_clien
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->opts.max_response_bytes);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c);
 
     /* never wait for 100-continue; an empty Expect disables it */
     x->hdrs = curl_slist_append(NULL, "Expect:");
@@ -341,10 +405,13 @@ void gw_client_close(gw_client_t *c, void (*done)(void *), void *udata)
     c->done = done;
     c->done_udata = udata;
     while (c->xfers) xfer_finish(c->xfers, GW_ECANCELED, "client closed");
-    /* closing the multi handle closes its sockets (CURL_POLL_REMOVE) */
+    /* closing the multi handle closes its sockets (close_socket) */
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
     while (c->socks) sock_release(c->socks);
+    free(c->byfd);
+    c->byfd = NULL;
+    c->nbyfd = 0;
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_timer_close);
 }
