@@ -22,6 +22,10 @@
 #include <stdlib.h>
 #include <strings.h>
 
+/* Bytes a client may send ahead while its request is being handled before
+ * reading stops (pipelining; see on_message_complete). */
+#define HTTP_PENDING_PAUSE 16384
+
 enum conn_state { ST_WAIT, ST_HEADERS, ST_BODY, ST_HANDLER, ST_CLOSING };
 
 struct gw_http_server {
@@ -279,10 +283,12 @@ static int on_message_complete(llhttp_t *p)
     c->fresh = 0;
     c->in_handler = 1;
     set_state(c, ST_HANDLER);
-    if (c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = 0;
-    }
+    /* reading goes on while the handler runs: a client that waits for the
+     * answer sends nothing meanwhile, and stopping and restarting the read
+     * cost two epoll_ctl calls per request (docs/performance.md, "Third
+     * round").  What does arrive meanwhile (pipelined requests) is kept in
+     * c->pending; past HTTP_PENDING_PAUSE bytes reading stops until the
+     * answer (conn_process). */
     return HPE_PAUSED;
 }
 
@@ -449,11 +455,24 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = buf->base ? 16384 : 0;
 }
 
+static void conn_stop_reading(gw_http_conn_t *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     gw_http_conn_t *c = st->data;
     if (nread > 0) conn_process(c, buf->base, (size_t)nread);
-    else if (nread < 0) {
+    else if (nread < 0 && c->in_handler) {
+        /* the client shut its side while its request is being handled (a
+         * half-close still wants the answer): read again after answering,
+         * which meets the end of file (or the error) again and closes */
+        conn_stop_reading(c);
+    } else if (nread < 0) {
         /* EOF or error: a request mid-way is abandoned; nothing to answer */
         conn_close(c);
     }
@@ -481,6 +500,7 @@ static void conn_process(gw_http_conn_t *c, const char *data, size_t len)
         if (c->closed || c->state == ST_CLOSING) break;
         if (c->in_handler) {
             if (gw_buf_append(&c->pending, data, len) != GW_OK) conn_close(c);
+            else if (c->pending.len > HTTP_PENDING_PAUSE) conn_stop_reading(c);
             break;
         }
         llhttp_errno_t e = llhttp_execute(&c->parser, data, len);

@@ -124,6 +124,45 @@ test('pipelined requests are answered in order; Connection: close honoured', asy
   } finally { c.destroy(); }
 });
 
+/* paygated keeps reading while a request is handled (core/http.c,
+ * on_message_complete); what a client sends ahead is kept, and past
+ * 16 kB reading pauses until the answer.  /healthz answers after a query
+ * through the PostgreSQL pool, so each of these requests is in the handler
+ * while the next bytes arrive. */
+test('a long pipeline (far past the 16 kB read-ahead) is answered completely and in order', async () => {
+  const c = await h.connect(gw.port);
+  try {
+    const N = 900; // ~45 kB of requests in one write
+    let text = '';
+    const want = [];
+    for (let i = 0; i < N; i++) {
+      if (i % 3 === 2) { text += req('GET', `/no-such-path-${i}`, 'X-Pad: ' + 'p'.repeat(8) + '\r\n'); want.push(404); }
+      else { text += req('GET', '/healthz', 'X-Pad: ' + 'p'.repeat(8) + '\r\n'); want.push(200); }
+    }
+    assert.ok(text.length > 3 * 16384, `${text.length} bytes`);
+    await c.write(text);
+    const rs = await c.waitForResponses(N, 30000);
+    assert.deepEqual(rs.map((r) => r.status), want);
+    // and the connection is still good for one more
+    await c.write(req('GET', '/healthz'));
+    const more = await c.waitForResponses(N + 1, 10000);
+    assert.equal(more[N].status, 200);
+    assert.equal(c.isClosed(), false);
+  } finally { c.destroy(); }
+});
+
+test('a client that half-closes after its request still gets the answer, then the close', async () => {
+  const c = await h.connect(gw.port);
+  try {
+    await c.write(req('GET', '/healthz'));
+    c.end(); // FIN while paygated is still asking PostgreSQL
+    const [r] = await c.waitForResponses(1, 10000);
+    assert.equal(r.status, 200);
+    assert.equal(r.json.status, 'ok');
+    await assertClosedBy(c, 5000, 'after the answer to a half-closed client');
+  } finally { c.destroy(); }
+});
+
 test('Connection: close on a single request closes the connection', async () => {
   const c = await h.connect(gw.port);
   try {
