@@ -35,6 +35,11 @@ const gw_host_api_t *gw_host_api(void);
 gw_err_t gw_host_register_ctx(const void *ctx, const char *name);
 void gw_host_unregister_ctx(const void *ctx);
 
+/* kv_parse_xml reads the common flat documents itself and hands the rest
+ * to libxml2; this is the libxml2 reading alone, for the unit test that
+ * compares the two. */
+gw_err_t gw__kv_parse_xml_libxml(gw_kv_t *kv, const char *xml, size_t len);
+
 /* Frees every cached RSA key.  Only at process exit, when no module call can
  * be running any more (the pointers handed out become invalid). */
 void gw_host_shutdown(void);

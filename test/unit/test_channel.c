@@ -396,6 +396,90 @@ static void test_host_xml_parse(void **state)
     h->kv_free(kv);
 }
 
+static size_t rnd(uint32_t *seed, size_t n)
+{
+    *seed = *seed * 1103515245u + 12345u;
+    return (*seed >> 8) % n;
+}
+
+/* kv_parse_xml reads common documents itself and leaves the rest to
+ * libxml2 (core/host.c).  Both readings must agree on every document:
+ * same result code, same pairs in the same order.  Documents are built from
+ * pieces that are each inside or just outside the fast reader's subset
+ * (references, CR, non-ASCII, comments, attributes, nesting, "]]>" in
+ * text, broken tags, duplicate keys...), plus random single-byte damage. */
+static void test_host_xml_fast_matches_libxml(void **state)
+{
+    (void)state;
+    const gw_host_api_t *h = gw_host_api();
+    static const char *const head[] = { "<xml>", "<xml>", "<xml>", "<?xml version=\"1.0\"?><xml>", " <xml>",
+                                        "<xml >", "<doc>", "\xef\xbb\xbf<xml>", "<xml>\r\n", "" };
+    static const char *const tail[] = { "</xml>", "</xml>", "</xml>\n", "</xml>  \r\n", "</xml >", "</xm>",
+                                        "</xml>x", "</xml><!--c-->", "", "</xml></xml>" };
+    static const char *const name[] = { "a", "mch_id", "b.c", "d-e", "_f", "g1", "xmlfoo", "p:q", "9x", "a",
+                                        "\xe5\x90\x8d", "A" };
+    static const char *const text[] = { "", "1", "755437000006", " ", "\n  ", "x y", "a>b", "a]]>b", "a]]b",
+                                        "a]>b", "&amp;", "&lt;x&gt;", "&#65;", "&#x4e2d;", "&nope;", "&", "a\rb",
+                                        "a\r\nb", "\t", "\x01", "\x7f", "\xe4\xbd\xa0\xe5\xa5\xbd", "\xff",
+                                        "<![CDATA[x]]>", "<![CDATA[<&>]]>", "<![CDATA[a]]]]><![CDATA[>b]]>",
+                                        "<![CDATA[]]>", "<![CDATA[\r\n]]>", "<![CDATA[\xe4\xbd\xa0]]>",
+                                        "<![CDATA[x", "<!-- c -->", "<?pi x?>", "<b>1</b>", "<b/>", "<",
+                                        "<![CDATA[a\x02]]>", "pre<![CDATA[mid]]>post" };
+    static const char *const sep[] = { "", "", "\n", "  ", "\r\n", "x", "<!--c-->", "\t" };
+    uint32_t seed = 20261128;
+#define RND(n) rnd(&seed, (n))
+    gw_buf_t doc;
+    gw_buf_init(&doc, 1 << 16);
+    int fast_ok = 0, both_refused = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        gw_buf_reset(&doc);
+        gw_buf_appends(&doc, head[RND(GW_ARRAY_SIZE(head))]);
+        int items = (int)RND(6);
+        for (int i = 0; i < items; i++) {
+            const char *nm = name[RND(GW_ARRAY_SIZE(name))];
+            int attr = RND(20) == 0, selfclose = RND(25) == 0, mismatch = RND(30) == 0;
+            gw_buf_appendf(&doc, "%s<%s%s", sep[RND(GW_ARRAY_SIZE(sep))], nm, attr ? " x=\"1\"" : "");
+            if (selfclose) {
+                gw_buf_appends(&doc, "/>");
+                continue;
+            }
+            gw_buf_appends(&doc, ">");
+            int parts = (int)RND(3);
+            for (int k = 0; k < parts; k++) gw_buf_appends(&doc, text[RND(GW_ARRAY_SIZE(text))]);
+            gw_buf_appendf(&doc, "</%s>", mismatch ? "zz" : nm);
+        }
+        gw_buf_appends(&doc, sep[RND(GW_ARRAY_SIZE(sep))]);
+        gw_buf_appends(&doc, tail[RND(GW_ARRAY_SIZE(tail))]);
+        if (doc.len > 0 && RND(8) == 0) { /* one damaged byte */
+            static const char dmg[] = "<>&/]\r\n\x80 x!";
+            size_t at = RND(doc.len);
+            doc.data[at] = dmg[RND(sizeof(dmg) - 1)];
+        }
+        gw_kv_t *a = h->kv_new(), *b = h->kv_new();
+        gw_err_t ra = h->kv_parse_xml(a, doc.data ? doc.data : "", doc.len);
+        gw_err_t rb = gw__kv_parse_xml_libxml(b, doc.data ? doc.data : "", doc.len);
+        if (ra != rb || h->kv_count(a) != h->kv_count(b))
+            fail_msg("differ on [%.*s]: %d/%zu against libxml2 %d/%zu", (int)doc.len, doc.data, ra, h->kv_count(a),
+                     rb, h->kv_count(b));
+        for (size_t i = 0; i < h->kv_count(a); i++) {
+            gw_str_t ka = h->kv_key_at(a, i), kb = h->kv_key_at(b, i);
+            gw_str_t va = h->kv_value_at(a, i), vb = h->kv_value_at(b, i);
+            if (ka.len != kb.len || memcmp(ka.ptr, kb.ptr, ka.len) != 0 || va.len != vb.len ||
+                memcmp(va.ptr, vb.ptr, va.len) != 0)
+                fail_msg("pair %zu differs on [%.*s]", i, (int)doc.len, doc.data);
+        }
+        if (ra == GW_OK) fast_ok++;
+        else both_refused++;
+        h->kv_free(a);
+        h->kv_free(b);
+    }
+#undef RND
+    gw_buf_free(&doc);
+    /* the generator reaches both sides */
+    assert_true(fast_ok > 1000);
+    assert_true(both_refused > 1000);
+}
+
 static void test_host_xml_reject(void **state)
 {
     (void)state;
@@ -1370,6 +1454,7 @@ int main(void)
         cmocka_unit_test(test_host_nonce_pool),
         cmocka_unit_test(test_host_xml_parse),
         cmocka_unit_test(test_host_xml_reject),
+        cmocka_unit_test(test_host_xml_fast_matches_libxml),
         cmocka_unit_test(test_host_xml_roundtrip),
         cmocka_unit_test(test_host_sign_string),
         cmocka_unit_test(test_host_form),
