@@ -538,7 +538,11 @@ static gw_err_t host_kv_to_xml(const gw_kv_t *kv, gw_buf_t *out)
             rc = GW_EINVAL;
             break;
         }
-        rc = gw_buf_appendf(out, "<%s><![CDATA[", it->k);
+        /* pieces, not a format: 2 × 14 vsnprintf calls per Swiftpass
+         * request were 4 % of paygated's instructions */
+        rc = gw_buf_appends(out, "<");
+        if (rc == GW_OK) rc = gw_buf_append(out, it->k, it->klen);
+        if (rc == GW_OK) rc = gw_buf_appends(out, "><![CDATA[");
         const char *p = it->v, *end = it->v + it->vlen;
         while (rc == GW_OK && p < end) {
             const char *hit = memmem(p, (size_t)(end - p), "]]>", 3);
@@ -550,7 +554,9 @@ static gw_err_t host_kv_to_xml(const gw_kv_t *kv, gw_buf_t *out)
             if (rc == GW_OK) rc = gw_buf_appends(out, "]]><![CDATA[");
             p = hit + 2; /* ">" starts the next section */
         }
-        if (rc == GW_OK) rc = gw_buf_appendf(out, "]]></%s>", it->k);
+        if (rc == GW_OK) rc = gw_buf_appends(out, "]]></");
+        if (rc == GW_OK) rc = gw_buf_append(out, it->k, it->klen);
+        if (rc == GW_OK) rc = gw_buf_appends(out, ">");
     }
     if (rc == GW_OK) rc = gw_buf_appends(out, "</xml>");
     if (rc != GW_OK && out->data) {

@@ -329,9 +329,17 @@ static void build_response(gw_buf_t *out, int status, const char *ctype, const c
     /* 204 and 304 carry no body and no Content-Length (RFC 9110 §8.6) */
     int bodiless = status == 204 || status == 304;
     if (bodiless) len = 0;
-    if (ctype && !bodiless) gw_buf_appendf(out, "Content-Type: %s\r\n", ctype);
+    if (ctype && !bodiless) {
+        gw_buf_appends(out, "Content-Type: ");
+        gw_buf_appends(out, ctype);
+        gw_buf_appends(out, "\r\n");
+    }
     if (!bodiless) gw_buf_appendf(out, "Content-Length: %zu\r\n", len);
-    if (reqid) gw_buf_appendf(out, "X-Request-Id: %s\r\n", reqid);
+    if (reqid) {
+        gw_buf_appends(out, "X-Request-Id: ");
+        gw_buf_appends(out, reqid);
+        gw_buf_appends(out, "\r\n");
+    }
     if (extra && extra->len) gw_buf_append(out, extra->data, extra->len);
     gw_buf_appends(out, keepalive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
     gw_buf_append(out, body, len);
