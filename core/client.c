@@ -22,6 +22,11 @@ struct gw_client {
     struct sock_ctx *socks; /* every socket libcurl has open */
     struct sock_ctx **byfd; /* the same, by descriptor */
     int nbyfd;
+    /* finished easy handles, reset, for the next requests: curl_easy_init
+     * is a 5 kB calloc (a "large" request: glibc consolidates its fast bins
+     * on each) and a cleanup per request otherwise */
+    CURL *spare[256];
+    int nspare;
 };
 
 /* One per socket, from libcurl's first use of it until libcurl closes it
@@ -73,7 +78,12 @@ static void xfer_finish(xfer_t *x, gw_err_t err, const char *msg)
     r->sent = reqsize > 0;
     if (msg) snprintf(r->errmsg, sizeof(r->errmsg), "%s", msg);
     curl_multi_remove_handle(c->multi, x->easy);
-    curl_easy_cleanup(x->easy);
+    if (!c->closing && c->nspare < (int)(sizeof(c->spare) / sizeof(c->spare[0]))) {
+        curl_easy_reset(x->easy);
+        c->spare[c->nspare++] = x->easy;
+    } else {
+        curl_easy_cleanup(x->easy);
+    }
     curl_slist_free_all(x->hdrs);
     if (x->prev) x->prev->next = x->next;
     else c->xfers = x->next;
@@ -319,7 +329,7 @@ gw_err_t gw_client_send(gw_client_t *c, const gw_client_request_t *req, gw_clien
     x->udata = udata;
     gw_buf_init(&x->resp.headers, 64 * 1024);
     gw_buf_init(&x->resp.body, c->opts.max_response_bytes);
-    x->easy = curl_easy_init();
+    x->easy = c->nspare > 0 ? c->spare[--c->nspare] : curl_easy_init();
     if (x->easy == NULL) {
         free(x);
         return GW_ENOMEM;
@@ -405,6 +415,7 @@ void gw_client_close(gw_client_t *c, void (*done)(void *), void *udata)
     c->done = done;
     c->done_udata = udata;
     while (c->xfers) xfer_finish(c->xfers, GW_ECANCELED, "client closed");
+    while (c->nspare > 0) curl_easy_cleanup(c->spare[--c->nspare]);
     /* closing the multi handle closes its sockets (close_socket) */
     curl_multi_cleanup(c->multi);
     c->multi = NULL;

@@ -52,6 +52,16 @@ struct gw_http_server {
     int pending_closes; /* listener + drain timer close callbacks */
     int nalloc;         /* connection structs not yet freed */
     int finishing;
+    /* every read of every connection lands here: conn_process copies what
+     * it keeps, and libuv reads one stream at a time on the loop thread.  A
+     * 16 kB malloc per read was a "large" request for glibc, which
+     * consolidates its fast bins on each one (docs/performance.md, "Third
+     * round"). */
+    char rbuf[16384];
+    /* request structs kept for reuse (4.6 kB each: another large malloc and
+     * a consolidation per request otherwise) */
+    gw_http_req_t *spare[64];
+    int nspare;
 };
 
 struct gw_http_conn {
@@ -121,14 +131,21 @@ static void req_free(gw_http_req_t *r)
     gw_buf_free(&r->body);
     gw_buf_free(&r->raw_);
     gw_buf_free(&r->resp_headers_);
-    free(r);
+    gw_http_server_t *s = r->conn_ ? r->conn_->srv : NULL;
+    if (s && s->nspare < (int)GW_ARRAY_SIZE(s->spare)) s->spare[s->nspare++] = r;
+    else free(r);
 }
 
 static gw_http_req_t *req_new(gw_http_conn_t *c)
 {
-    gw_http_req_t *r = calloc(1, sizeof(*r));
-    if (r == NULL) return NULL;
     gw_http_server_t *s = c->srv;
+    gw_http_req_t *r;
+    if (s->nspare > 0) {
+        r = s->spare[--s->nspare];
+        memset(r, 0, sizeof(*r));
+    } else if ((r = calloc(1, sizeof(*r))) == NULL) {
+        return NULL;
+    }
     gw_buf_init(&r->raw_, (size_t)s->limits.max_header_bytes);
     gw_buf_init(&r->body, (size_t)s->limits.max_body_bytes);
     gw_buf_init(&r->resp_headers_, 4096);
@@ -304,15 +321,33 @@ static void on_write(uv_write_t *w, int status)
     if (status < 0 || close_after) conn_close(c);
 }
 
-static void write_raw(gw_http_conn_t *c, const char *data, size_t len, int close_after)
+/* Head and body (either may be empty) go out at once when the socket takes
+ * them (uv_try_write refuses while earlier writes are queued, so order is
+ * kept); only what it does not take is copied and queued. */
+static void write_parts(gw_http_conn_t *c, const char *head, size_t hlen, const char *body, size_t blen,
+                        int close_after)
 {
     if (c->closed) return;
+    uv_buf_t parts[2] = { uv_buf_init((char *)head, (unsigned)hlen), uv_buf_init((char *)body, (unsigned)blen) };
+    int n = uv_try_write((uv_stream_t *)&c->tcp, parts, 2);
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_close(c);
+        return;
+    }
+    size_t done = n > 0 ? (size_t)n : 0;
+    if (done == hlen + blen) {
+        if (close_after) conn_close(c);
+        return;
+    }
+    size_t len = hlen + blen - done;
     gw__write_t *wr = malloc(sizeof(*wr) + len);
     if (wr == NULL) {
         conn_close(c);
         return;
     }
-    memcpy(wr->data, data, len);
+    size_t from_head = done < hlen ? hlen - done : 0;
+    if (from_head) memcpy(wr->data, head + done, from_head);
+    memcpy(wr->data + from_head, body + (done > hlen ? done - hlen : 0), len - from_head);
     wr->conn = c;
     wr->close_after = close_after;
     uv_buf_t b = uv_buf_init(wr->data, (unsigned)len);
@@ -322,8 +357,14 @@ static void write_raw(gw_http_conn_t *c, const char *data, size_t len, int close
     }
 }
 
-static void build_response(gw_buf_t *out, int status, const char *ctype, const char *body,
-                           size_t len, const char *reqid, const gw_buf_t *extra, int keepalive)
+static void write_raw(gw_http_conn_t *c, const char *data, size_t len, int close_after)
+{
+    write_parts(c, data, len, "", 0, close_after);
+}
+
+/* The status line and headers; the body is written after them. */
+static void build_head(gw_buf_t *out, int status, const char *ctype, size_t len, const char *reqid,
+                       const gw_buf_t *extra, int keepalive)
 {
     gw_buf_appendf(out, "HTTP/1.1 %d %s\r\n", status, gw_http_reason(status));
     /* 204 and 304 carry no body and no Content-Length (RFC 9110 §8.6) */
@@ -342,7 +383,6 @@ static void build_response(gw_buf_t *out, int status, const char *ctype, const c
     }
     if (extra && extra->len) gw_buf_append(out, extra->data, extra->len);
     gw_buf_appends(out, keepalive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
-    gw_buf_append(out, body, len);
 }
 
 static void error_body(gw_buf_t *out, const char *code, const char *message)
@@ -371,10 +411,11 @@ static void conn_fail(gw_http_conn_t *c, int status, const char *code, const cha
         snprintf(idbuf, sizeof(idbuf), "%08x%08llx", c->srv->id_prefix,
                  (unsigned long long)++c->srv->next_id);
     const char *id = r ? r->id : idbuf;
-    build_response(&out, status, "application/json", body.data, body.len, id, NULL, 0);
+    build_head(&out, status, "application/json", body.len, id, NULL, 0);
     gw_log_req(GW_LOG_INFO, id, "%s: %s %d %s (%s)", c->srv->name, c->peer, status, code, msg);
     if (r && c->srv->observer) c->srv->observer(r, status, c->srv->observer_udata);
-    write_raw(c, out.data, out.len, 1);
+    if (out.data) write_parts(c, out.data, out.len, body.data ? body.data : "", body.len, 1);
+    else conn_close(c);
     gw_buf_free(&body);
     gw_buf_free(&out);
     c->state = ST_CLOSING;
@@ -401,9 +442,10 @@ void gw_http_respond(gw_http_req_t *req, int status, const char *content_type, c
         int keep = c->keepalive && !s->draining;
         gw_buf_t out;
         gw_buf_init(&out, SIZE_MAX / 2);
-        build_response(&out, status, content_type, body ? body : "", len, req->id,
-                       &req->resp_headers_, keep);
-        if (out.data) write_raw(c, out.data, out.len, !keep);
+        build_head(&out, status, content_type, len, req->id, &req->resp_headers_, keep);
+        /* 204 and 304: no body (build_head) */
+        if (status == 204 || status == 304) len = 0;
+        if (out.data) write_parts(c, out.data, out.len, body ? body : "", len, !keep);
         else conn_close(c);
         gw_buf_free(&out);
         req_free(req);
@@ -457,10 +499,10 @@ gw_str_t gw_http_header(const gw_http_req_t *req, const char *name)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    (void)h;
     (void)suggested;
-    buf->base = malloc(16384);
-    buf->len = buf->base ? 16384 : 0;
+    gw_http_conn_t *c = h->data;
+    buf->base = c->srv->rbuf;
+    buf->len = sizeof(c->srv->rbuf);
 }
 
 static void conn_stop_reading(gw_http_conn_t *c)
@@ -484,7 +526,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         /* EOF or error: a request mid-way is abandoned; nothing to answer */
         conn_close(c);
     }
-    free(buf->base);
+    (void)buf; /* the server's read buffer */
 }
 
 static void conn_start_reading(gw_http_conn_t *c)
@@ -737,6 +779,7 @@ static void on_server_handle_close(uv_handle_t *h)
     if (s->pending_closes > 0) return;
     void (*done)(void *) = s->drain_done;
     void *ud = s->drain_udata;
+    while (s->nspare > 0) free(s->spare[--s->nspare]);
     free(s);
     if (done) done(ud);
 }
