@@ -69,16 +69,13 @@ typedef struct pgj {
     void *udata;
 } pgj_t;
 
-static void pg_json_done(void *udata, gw_err_t err, PGresult *res)
+static void pg_json_done(void *udata, gw_err_t err, const char *value, size_t len)
 {
     pgj_t *p = udata;
     cJSON *j = NULL;
     if (err == GW_OK) {
-        if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) err = GW_ENOENT;
-        else {
-            j = cJSON_Parse(PQgetvalue(res, 0, 0));
-            if (j == NULL) err = GW_EPARSE;
-        }
+        if (value == NULL) err = GW_ENOENT;
+        else if ((j = cJSON_ParseWithLength(value, len)) == NULL) err = GW_EPARSE;
     }
     p->cb(p->udata, err, j);
     cJSON_Delete(j);
@@ -92,7 +89,7 @@ gw_err_t gw_pg_json(gw_app_t *app, const char *stmt, int n, const char *const *v
     if (p == NULL) return GW_ENOMEM;
     p->cb = cb;
     p->udata = udata;
-    gw_err_t rc = gw_pg_exec(app->pg, stmt, n, vals, pg_json_done, p);
+    gw_err_t rc = gw_pg_exec_value(app->pg, stmt, n, vals, pg_json_done, p);
     if (rc != GW_OK) free(p);
     return rc;
 }

@@ -58,6 +58,7 @@ typedef struct pg_conn pg_conn_t;
 struct pg_job {
     pg_job_t *next;
     gw_pg_cb cb;
+    gw_pg_value_cb vcb;   /* instead of cb: gw_pg_exec_value */
     void *udata;
     const char *stmt;     /* prepared statement name, or NULL */
     const char *sql;      /* SQL text when stmt is NULL */
@@ -860,6 +861,12 @@ static void batch_deliver(gw_pg_t *pg, pg_job_t *b)
             b->members[k] == NULL || PQgetisnull(b->res, row, 0))
             continue;
         pg_job_t *j = b->members[k];
+        if (j->vcb) { /* the value itself: no one-row result to build */
+            b->members[k] = NULL;
+            j->vcb(j->udata, GW_OK, PQgetvalue(b->res, row, 0), (size_t)PQgetlength(b->res, row, 0));
+            free(j);
+            continue;
+        }
         PGresult *one = PQcopyResult(b->res, PG_COPYRES_ATTRS);
         if (one == NULL ||
             !PQsetvalue(one, 0, 0, PQgetvalue(b->res, row, 0), PQgetlength(b->res, row, 0)) ||
@@ -914,6 +921,12 @@ static void run_done(gw_pg_t *pg)
     while ((j = list_pop(&pg->done)) != NULL) {
         if (j->members) batch_deliver(pg, j);
         else if (j->cb) j->cb(j->udata, j->err, j->res);
+        else if (j->vcb) {
+            int some = j->err == GW_OK && j->res && PQntuples(j->res) > 0 && PQnfields(j->res) > 0 &&
+                       !PQgetisnull(j->res, 0, 0);
+            j->vcb(j->udata, j->err, some ? PQgetvalue(j->res, 0, 0) : NULL,
+                   some ? (size_t)PQgetlength(j->res, 0, 0) : 0);
+        }
         job_free(j);
     }
     pg->running_done = 0;
@@ -1137,7 +1150,7 @@ static int stmt_find(const gw_pg_t *pg, const char *name)
 }
 
 static gw_err_t pg_submit(gw_pg_t *pg, const char *stmt, const char *sql, int nparams,
-                          const char *const *values, gw_pg_cb cb, void *udata)
+                          const char *const *values, gw_pg_cb cb, gw_pg_value_cb vcb, void *udata)
 {
     if (pg == NULL) return GW_EINVAL;
     if (pg->closing) return GW_ECANCELED;
@@ -1157,6 +1170,7 @@ static gw_err_t pg_submit(gw_pg_t *pg, const char *stmt, const char *sql, int np
     if (j == NULL) return GW_ENOMEM;
     j->stmt_idx = idx;
     j->cb = cb;
+    j->vcb = vcb;
     j->udata = udata;
     list_push(&pg->queue, j);
     /* sent just before the loop next polls: never from inside this call */
@@ -1168,14 +1182,21 @@ gw_err_t gw_pg_exec(gw_pg_t *pg, const char *stmt, int nparams, const char *cons
                     gw_pg_cb cb, void *udata)
 {
     if (stmt == NULL) return GW_EINVAL;
-    return pg_submit(pg, stmt, NULL, nparams, values, cb, udata);
+    return pg_submit(pg, stmt, NULL, nparams, values, cb, NULL, udata);
+}
+
+gw_err_t gw_pg_exec_value(gw_pg_t *pg, const char *stmt, int nparams, const char *const *values,
+                          gw_pg_value_cb cb, void *udata)
+{
+    if (stmt == NULL || cb == NULL) return GW_EINVAL;
+    return pg_submit(pg, stmt, NULL, nparams, values, NULL, cb, udata);
 }
 
 gw_err_t gw_pg_exec_sql(gw_pg_t *pg, const char *sql, int nparams, const char *const *values,
                         gw_pg_cb cb, void *udata)
 {
     if (sql == NULL) return GW_EINVAL;
-    return pg_submit(pg, NULL, sql, nparams, values, cb, udata);
+    return pg_submit(pg, NULL, sql, nparams, values, cb, NULL, udata);
 }
 
 int gw_pg_up(const gw_pg_t *pg)

@@ -57,6 +57,14 @@ void gw_pg_start(gw_pg_t *pg);
  * when the queue is full. */
 gw_err_t gw_pg_exec(gw_pg_t *pg, const char *stmt, int nparams, const char *const *values,
                     gw_pg_cb cb, void *udata);
+/* For callers that need only the first column of the first row (the JSON
+ * functions): cb gets it as text — value NULL when there is no row or it is
+ * SQL NULL, and always on an error; borrowed, valid during the callback.  A
+ * batch member gets its value straight from the batch's result, without a
+ * one-row result built for it (a copy and a 2 kB allocation per job). */
+typedef void (*gw_pg_value_cb)(void *udata, gw_err_t err, const char *value, size_t len);
+gw_err_t gw_pg_exec_value(gw_pg_t *pg, const char *stmt, int nparams, const char *const *values,
+                          gw_pg_value_cb cb, void *udata);
 /* The same for a literal SQL text (unnamed statement). */
 gw_err_t gw_pg_exec_sql(gw_pg_t *pg, const char *sql, int nparams, const char *const *values,
                         gw_pg_cb cb, void *udata);

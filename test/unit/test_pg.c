@@ -1328,6 +1328,93 @@ static void test_batch_missing_rows(void **state)
     assert_int_equal(pending, 0);
 }
 
+/* gw_pg_exec_value: the first column of the first row, as text.  A batch
+ * member gets its value from the batch's own result; members that the
+ * batch leaves out (B_GAPS) run alone and still get theirs; value jobs and
+ * result jobs mix in one batch.  No row and SQL NULL give NULL; an error
+ * gives its code and NULL. */
+static void vjob_cb(void *udata, gw_err_t err, const char *value, size_t len)
+{
+    bjob_t *j = udata;
+    j->calls++;
+    j->err = err;
+    j->has_res = value != NULL;
+    j->ntuples = value != NULL;
+    j->isnull = value == NULL;
+    if (value) {
+        assert_int_equal(strlen(value), len);
+        snprintf(j->v0, sizeof(j->v0), "%s", value);
+    }
+}
+
+static void test_batch_values(void **state)
+{
+    (void)state;
+    need_env();
+    enum { N = 16 };
+    bsql_t s;
+    bsql_create(&s, "bval", B_GAPS, 0);
+    gw_pg_t *pg = new_pool(2, 8, 1000, 0);
+    assert_int_equal(gw_pg_prepare(pg, s.one, s.one_sql), GW_OK);
+    assert_int_equal(gw_pg_prepare(pg, s.many, s.many_sql), GW_OK);
+    assert_int_equal(gw_pg_batchable(pg, s.one, s.many, 1u, 64), GW_OK);
+    assert_int_equal(gw_pg_prepare(pg, "v_none", "SELECT 1 WHERE false"), GW_OK);
+    assert_int_equal(gw_pg_prepare(pg, "v_null", "SELECT NULL::text, 2"), GW_OK);
+    assert_int_equal(gw_pg_prepare(pg, "v_fail", "SELECT 1 / (0 * $1::int)"), GW_OK);
+    start_and_wait(pg);
+
+    bjob_t j[N], none, null, fail;
+    for (int k = 0; k < N; k++) {
+        char a[64], want[64];
+        const char *b = k % 5 == 0 ? NULL : "v";
+        snprintf(a, sizeof(a), "{\"k\": %d, \"s\": \"x\"}", k);
+        snprintf(want, sizeof(want), "%d|x|%s", k, b ? b : "<null>");
+        memset(&j[k], 0, sizeof(j[k]));
+        snprintf(j[k].want, sizeof(j[k].want), "%s", want);
+        const char *v[2] = { a, b };
+        if (k % 2) assert_int_equal(gw_pg_exec_value(pg, s.one, 2, v, vjob_cb, &j[k]), GW_OK);
+        else assert_int_equal(gw_pg_exec(pg, s.one, 2, v, bjob_cb, &j[k]), GW_OK);
+    }
+    memset(&none, 0, sizeof(none));
+    memset(&null, 0, sizeof(null));
+    memset(&fail, 0, sizeof(fail));
+    const char *one[1] = { "1" };
+    assert_int_equal(gw_pg_exec_value(pg, "v_none", 0, NULL, vjob_cb, &none), GW_OK);
+    assert_int_equal(gw_pg_exec_value(pg, "v_null", 0, NULL, vjob_cb, &null), GW_OK);
+    assert_int_equal(gw_pg_exec_value(pg, "v_fail", 1, one, vjob_cb, &fail), GW_OK);
+    assert_int_equal(gw_pg_exec_value(pg, NULL, 0, NULL, vjob_cb, &fail), GW_EINVAL);
+    assert_int_equal(gw_pg_exec_value(pg, "v_none", 0, NULL, NULL, NULL), GW_EINVAL);
+    wait_bjobs(j, N, 10000);
+    wait_bjobs(&none, 1, 10000);
+    wait_bjobs(&null, 1, 10000);
+    wait_bjobs(&fail, 1, 10000);
+    run_for(50); /* no second callback */
+    uint64_t nb, nj;
+    gw_pg_batch_counts(pg, &nb, &nj);
+    int via_many = side_int("SELECT count(*) FROM %s WHERE via = 'many'", s.tbl);
+    close_pool(pg);
+    bsql_drop(&s);
+
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(j[k].calls, 1);
+        if (j[k].err != GW_OK) fail_msg("job %d: %s", k, gw_err_name(j[k].err));
+        assert_false(j[k].isnull);
+        if (strcmp(j[k].v0, j[k].want) != 0) fail_msg("job %d: got \"%s\", want \"%s\"", k, j[k].v0, j[k].want);
+    }
+    assert_int_equal(nb, 1);
+    assert_int_equal(nj, N);
+    assert_int_equal(via_many, N / 2); /* B_GAPS: half by the batch, half alone */
+    assert_int_equal(none.calls, 1);
+    assert_int_equal(none.err, GW_OK);
+    assert_true(none.isnull);
+    assert_int_equal(null.calls, 1);
+    assert_int_equal(null.err, GW_OK);
+    assert_true(null.isnull);
+    assert_int_equal(fail.calls, 1);
+    assert_int_equal(fail.err, GW_ESTATE);
+    assert_true(fail.isnull);
+}
+
 /* 5. A unique violation in a batch: every job runs alone; the duplicates
  * get GW_ECONFLICT, the others succeed. */
 static void test_batch_unique_violation(void **state)
@@ -1619,6 +1706,7 @@ int main(void)
         cmocka_unit_test(test_batch_in_flight),
         cmocka_unit_test(test_batch_close),
         cmocka_unit_test(test_batch_null_index),
+        cmocka_unit_test(test_batch_values),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
