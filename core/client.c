@@ -19,8 +19,7 @@ struct gw_client {
     void (*done)(void *);
     void *done_udata;
     struct xfer *xfers; /* in flight, for cancellation */
-    struct sock_ctx *socks; /* every socket libcurl has open */
-    struct sock_ctx **byfd; /* the same, by descriptor */
+    struct sock_ctx **byfd; /* every socket libcurl has open, by descriptor */
     int nbyfd;
     /* finished easy handles, reset, for the next requests: curl_easy_init
      * is a 5 kB calloc (a "large" request: glibc consolidates its fast bins
@@ -43,7 +42,6 @@ typedef struct sock_ctx {
     int events;       /* what the poll handle watches now (0: stopped) */
     int idle;         /* libcurl keeps it for a later request */
     gw_client_t *client;
-    struct sock_ctx *prev, *next;
 } sock_ctx_t;
 
 typedef struct xfer {
@@ -175,10 +173,6 @@ static int start_timeout(CURLM *multi, long timeout_ms, void *userp)
 static void sock_release(sock_ctx_t *s)
 {
     gw_client_t *c = s->client;
-    if (s->prev) s->prev->next = s->next;
-    else c->socks = s->next;
-    if (s->next) s->next->prev = s->prev;
-    s->prev = s->next = NULL;
     if (s->fd >= 0 && s->fd < c->nbyfd && c->byfd[s->fd] == s) c->byfd[s->fd] = NULL;
     uv_close((uv_handle_t *)&s->poll, on_sock_close);
 }
@@ -210,9 +204,6 @@ static sock_ctx_t *sock_new(gw_client_t *c, curl_socket_t fd)
     }
     s->poll.data = s;
     c->handles_open++;
-    s->next = c->socks;
-    if (c->socks) c->socks->prev = s;
-    c->socks = s;
     c->byfd[fd] = s;
     return s;
 }
@@ -419,7 +410,8 @@ void gw_client_close(gw_client_t *c, void (*done)(void *), void *udata)
     /* closing the multi handle closes its sockets (close_socket) */
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
-    while (c->socks) sock_release(c->socks);
+    for (int fd = 0; fd < c->nbyfd; fd++)
+        if (c->byfd[fd]) sock_release(c->byfd[fd]);
     free(c->byfd);
     c->byfd = NULL;
     c->nbyfd = 0;
