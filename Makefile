@@ -56,7 +56,15 @@ deps:
 	@bash test/lib/deps.sh $(DEB_BUILD) $(DEB_TEST)
 
 # ---- generated: SQL migrations embedded in the binary ----
-build/gen/migrations.c: $(MIGRATIONS) storage/embed.sh
+# the list of files: rewritten only when it changes, so that a migration
+# removed or renamed (not only one added or edited) regenerates the C file
+build/gen/migrations.list: FORCE
+	@mkdir -p $(@D)
+	@echo '$(MIGRATIONS)' | cmp -s - $@ || echo '$(MIGRATIONS)' > $@
+.PHONY: FORCE
+FORCE:
+
+build/gen/migrations.c: $(MIGRATIONS) storage/embed.sh build/gen/migrations.list
 	@mkdir -p $(@D)
 	bash storage/embed.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
 
