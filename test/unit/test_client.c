@@ -194,6 +194,22 @@ static void send_one(gw_client_t *c, int port, result_t *res)
     assert_int_equal(gw_client_send(c, &rq, on_resp, res), GW_OK);
 }
 
+static void wait_all(result_t *r, int n);
+
+/* One request, answered 200 by the server's connection number conn as its
+ * request number req on that connection. */
+static void expect_answer(gw_client_t *c, int port, int conn, int req)
+{
+    result_t r;
+    send_one(c, port, &r);
+    wait_all(&r, 1);
+    assert_int_equal(r.err, GW_OK);
+    assert_int_equal(r.status, 200);
+    char want[32];
+    snprintf(want, sizeof(want), "conn=%d req=%d", conn, req);
+    assert_string_equal(r.body, want);
+}
+
 /* Runs the loop until every result is done (the loop may stay alive with
  * the server's handles). */
 static void wait_all(result_t *r, int n)
@@ -264,16 +280,7 @@ static void test_keepalive_reuse(void **state)
     srv_t s;
     srv_start(&s, 0);
     gw_client_t *c = client_new();
-    for (int i = 1; i <= 20; i++) {
-        result_t r;
-        send_one(c, s.port, &r);
-        wait_all(&r, 1);
-        assert_int_equal(r.err, GW_OK);
-        assert_int_equal(r.status, 200);
-        char want[32];
-        snprintf(want, sizeof(want), "conn=1 req=%d", i);
-        assert_string_equal(r.body, want);
-    }
+    for (int i = 1; i <= 20; i++) expect_answer(c, s.port, 1, i);
     assert_int_equal(s.accepted, 1);
     assert_int_equal(gw_client_inflight(c), 0);
     client_close(c);
@@ -292,14 +299,7 @@ static void test_peer_closes_idle(void **state)
     srv_start(&s, 1);
     gw_client_t *c = client_new();
     for (int i = 1; i <= 6; i++) {
-        result_t r;
-        send_one(c, s.port, &r);
-        wait_all(&r, 1);
-        assert_int_equal(r.err, GW_OK);
-        assert_int_equal(r.status, 200);
-        char want[32];
-        snprintf(want, sizeof(want), "conn=%d req=1", i);
-        assert_string_equal(r.body, want);
+        expect_answer(c, s.port, i, 1);
         sleep_loop(20); /* the close arrives while the connection is idle */
     }
     assert_int_equal(s.accepted, 6);
@@ -363,10 +363,7 @@ static void test_idle_does_not_hold_loop(void **state)
     srv_t s;
     srv_start(&s, 0);
     gw_client_t *c = client_new();
-    result_t r;
-    send_one(c, s.port, &r);
-    wait_all(&r, 1);
-    assert_int_equal(r.status, 200);
+    expect_answer(c, s.port, 1, 1);
     assert_int_equal(s.open, 1);
     /* the server's handles stop counting; a watchdog that does not count
      * either ends the loop if something else still holds it */
@@ -381,9 +378,7 @@ static void test_idle_does_not_hold_loop(void **state)
     assert_false(watchdog_fired);
     uv_close((uv_handle_t *)&wd, NULL);
     /* and the connection is still there to be reused */
-    send_one(c, s.port, &r);
-    wait_all(&r, 1);
-    assert_string_equal(r.body, "conn=1 req=2");
+    expect_answer(c, s.port, 1, 2);
     client_close(c);
     srv_stop(&s);
     loop_drain();
@@ -398,14 +393,12 @@ static void test_peer_gone(void **state)
     srv_start(&s, 0);
     int port = s.port;
     gw_client_t *c = client_new();
-    result_t r;
-    send_one(c, port, &r);
-    wait_all(&r, 1);
-    assert_int_equal(r.status, 200);
+    expect_answer(c, port, 1, 1);
     srv_stop(&s);
     sconn_close(s.conns[0]);
     sleep_loop(20);
     assert_int_equal(s.open, 0);
+    result_t r;
     send_one(c, port, &r);
     wait_all(&r, 1);
     assert_int_equal(r.err, GW_EUNAVAIL);
