@@ -25,7 +25,7 @@
 #
 # Environment: BENCH_DURATION (s per phase, 20), BENCH_WARMUP (3),
 # BENCH_CONNS (64), BENCH_SLOW_CONNS (200), BENCH_IDLE_CONNS (10000),
-# BENCH_NOTIFY_ORDERS (150000), BENCH_PHASES ("ceilings ctob btoc notify slow
+# BENCH_NOTIFY_ORDERS (300000), BENCH_PHASES ("ceilings ctob btoc notify slow
 # idle"), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
 # paygated's own), BENCH_SYNC_COMMIT=off (a diagnostic, marked as such, never
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
@@ -48,7 +48,7 @@ WARM=${BENCH_WARMUP:-3}
 CONNS=${BENCH_CONNS:-64}
 SLOW_CONNS=${BENCH_SLOW_CONNS:-200}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
-NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-150000}
+NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-300000}
 PHASES=" ${BENCH_PHASES:-ceilings ctob btoc notify slow idle} "
 SECRET=bench-merchant-secret-0123456789
 MOCK_KEY=bench-mock-key-0123456789

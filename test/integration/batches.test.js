@@ -487,3 +487,61 @@ test('the first-transition batch is planned as a primary-key lookup, call after 
   assert.equal(psql(`SELECT count(*) FROM orders WHERE id = ANY (ARRAY[${ids.join(',')}]::bigint[])
                        AND (status = 'CREATED' OR channel_msg = 'plan')`), '0');
 });
+
+/* The set-based notification batch (0016) writes, for an applied
+ * notification, exactly what the single function gw_notify_ingest writes:
+ * two twin PENDING orders, the same notification for each, one through
+ * gw_notify_ingest and one through gw_notify_ingest_many; the order row,
+ * its new event, its merchant notification and its inbox row are compared
+ * with the ids, numbers and times that differ between twins taken out.  The
+ * batch leaves to the single function (no row) everything but the first
+ * verified, matching "paid" notification of an open order. */
+test('the notification batch writes what the single function writes, and leaves it the rest', async () => {
+  const twins = [];
+  for (let k = 0; k < 2; k++) {
+    const r = await shop.call('POST', '/v1/orders', { shop_id: 's1', out_trade_no: otn('T'), amount: 4321, subject: 'Twin', method: 'wechat_qr', notify_url: merchant.url });
+    assert.equal(r.json.status, 'PENDING', r.body);
+    twins.push(r.json.trade_no);
+  }
+  const note = (tradeNo, extra = {}) => JSON.stringify({
+    channel: 'swiftpass', headers: 'content-type: text/xml', body: `<xml>${tradeNo}</xml>`, verified: true,
+    mch_id: MCH, out_trade_no: tradeNo, kind: 'pay', status: 'SUCCESS', amount: 4321,
+    channel_trade_no: 'TW0001', raw_code: '0', raw_msg: 'paid', ...extra,
+  });
+  const single = JSON.parse(psql(`SELECT gw_notify_ingest('${note(twins[0])}'::jsonb)`));
+  assert.equal(single.outcome, 'applied');
+  // the batch: the twin, a repeat of it, a wrong amount, an unverified one
+  // and an unknown order; only the first is the batch's to decide
+  const batch = rows(`SELECT r, i FROM gw_notify_ingest_many(jsonb_build_array(
+      jsonb_build_array('${note(twins[1])}'::jsonb), jsonb_build_array('${note(twins[1])}'::jsonb),
+      jsonb_build_array('${note(twins[1], { amount: 4320 })}'::jsonb),
+      jsonb_build_array('${note(twins[1], { verified: false, reason: 'bad signature' })}'::jsonb),
+      jsonb_build_array('${note('no-such-order')}'::jsonb)))`);
+  assert.deepEqual(batch, [{ r: { outcome: 'applied' }, i: 0 }]);
+
+  const view = (tradeNo) => {
+    const [o] = rows(`SELECT id, status, channel_trade_no, channel_code, channel_msg, paid_at IS NOT NULL AS paid,
+                             next_check_at, check_attempts, lease_owner, lease_until, updated_at = paid_at AS touched
+                        FROM orders WHERE trade_no = '${tradeNo}'`);
+    const id = Number(o.id);
+    delete o.id;
+    const ev = rows(`SELECT from_status, to_status, source, detail FROM order_events
+                      WHERE order_id = ${id} ORDER BY id DESC LIMIT 1`);
+    const mn = rows(`SELECT event, url, status, payload #- '{order,trade_no}' #- '{order,out_trade_no}' #- '{order,paid_at}'
+                            #- '{order,created_at}' #- '{order,updated_at}' #- '{order,expire_at}' AS payload
+                       FROM merchant_notifications WHERE order_id = ${id}`);
+    const ib = rows(`SELECT channel, headers, replace(body, '${tradeNo}', 'T') AS body, verified, outcome,
+                            detail - 'out_trade_no' AS detail, detail->>'out_trade_no' = '${tradeNo}' AS named
+                       FROM notify_inbox WHERE order_id = ${id}`);
+    return { o, ev, mn, ib };
+  };
+  const a = view(twins[0]);
+  const b = view(twins[1]);
+  assert.equal(a.o.status, 'SUCCESS');
+  assert.equal(a.ev[0].source, 'notify');
+  assert.equal(a.mn.length, 1);
+  assert.equal(a.ib.length, 1);
+  assert.deepEqual(b, a);
+  // the batch did not record the others: no inbox row names them yet
+  assert.equal(psql(`SELECT count(*) FROM notify_inbox WHERE detail->>'out_trade_no' IN ('${twins[1]}', 'no-such-order')`), '1');
+});
