@@ -9,6 +9,7 @@
  */
 #include "api.h"
 #include "chanop.h"
+#include "json.h"
 #include "channel.h"
 #include "crypto.h"
 #include "metrics.h"
@@ -696,7 +697,7 @@ static void order_transition(api_req_t *a, const char *from_states, const char *
         }
     }
     free(a->patch);
-    a->patch = cJSON_PrintUnformatted(p);
+    a->patch = gw_json_print(p);
     cJSON_Delete(p);
     a->from_states = from_states;
     a->to_status = to;
@@ -893,11 +894,11 @@ static void create_with_sub(api_req_t *a, const char *channel)
         cJSON_AddStringToObject(p, "lease_owner", gw_tasks_owner(a->app->tasks));
     }
     if (!jstr(p, "client_ip")) cJSON_AddStringToObject(p, "client_ip", a->req->peer);
-    char *text = cJSON_PrintUnformatted(p);
+    char *text = gw_json_print(p);
     cJSON_Delete(p);
     const char *v[] = { text };
     rc = gw_pg_json(a->app, "order_create", 1, v, create_order_cb, a);
-    cJSON_free(text);
+    free(text);
     if (rc != GW_OK) api_db_error(a, rc);
 }
 
@@ -1096,13 +1097,13 @@ static void routes_pg_cb(void *udata, gw_err_t err, cJSON *j)
         return;
     }
     /* cache for the other requests and nodes (no secrets in it) */
-    char *text = cJSON_PrintUnformatted(j);
+    char *text = gw_json_print(j);
     if (text) {
         char key[128];
         snprintf(key, sizeof(key), "gw:shop:%s", jstr(a->body, "shop_id"));
         const char *argv[] = { "SET", key, text, "EX", "300" };
         gw_redis_cmdargv(a->app->redis, NULL, NULL, 5, argv, NULL);
-        cJSON_free(text);
+        free(text);
     }
     routes_put(jstr(a->body, "shop_id"), cJSON_Duplicate(j, 1));
     routes_ready(a, j);
@@ -1553,13 +1554,13 @@ static void refund_result(api_req_t *a, gw_chanop_out_t *out)
     if (out->res.channel_refund_no[0]) cJSON_AddStringToObject(p, "channel_refund_no", out->res.channel_refund_no);
     if (out->res.raw_code[0]) cJSON_AddStringToObject(p, "channel_code", out->res.raw_code);
     if (out->res.raw_msg[0]) cJSON_AddStringToObject(p, "channel_msg", out->res.raw_msg);
-    char *patch = cJSON_PrintUnformatted(p);
+    char *patch = gw_json_print(p);
     cJSON_Delete(p);
     char id[24];
     snprintf(id, sizeof(id), "%lld", (long long)jint(a->refund, "id"));
     const char *v[] = { id, to, patch, "channel" };
     gw_err_t rc = gw_pg_json(a->app, "refund_transition", 4, v, refund_transition_cb, a);
-    cJSON_free(patch);
+    free(patch);
     if (rc != GW_OK) refund_transition_cb(a, rc, NULL);
 }
 
@@ -1678,11 +1679,11 @@ static void refund_authed(api_req_t *a)
         cJSON_AddNumberToObject(p, "lease_ms", a->app->cfg.channels.call_timeout_ms * 2 + 5000);
         cJSON_AddStringToObject(p, "lease_owner", gw_tasks_owner(a->app->tasks));
     }
-    char *text = cJSON_PrintUnformatted(p);
+    char *text = gw_json_print(p);
     cJSON_Delete(p);
     const char *v[] = { text };
     gw_err_t rc = gw_pg_json(a->app, "refund_create", 1, v, refund_create_cb, a);
-    cJSON_free(text);
+    free(text);
     if (rc != GW_OK) api_db_error(a, rc);
 }
 

@@ -3,6 +3,7 @@
  */
 #include "app.h"
 #include "api.h"
+#include "json.h"
 #include "metrics.h"
 
 #include <cjson/cJSON.h>
@@ -12,14 +13,14 @@
 
 void gw_respond_json(gw_http_req_t *req, int status, cJSON *json)
 {
-    char *text = json ? cJSON_PrintUnformatted(json) : NULL;
+    char *text = json ? gw_json_print(json) : NULL;
     cJSON_Delete(json);
     if (text == NULL) {
         gw_http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
     gw_http_respond(req, status, "application/json", text, strlen(text));
-    cJSON_free(text);
+    free(text);
 }
 
 int gw_route_dispatch(gw_app_t *app, const gw_route_t *routes, gw_http_req_t *req)

@@ -28,6 +28,7 @@
  */
 #include "channel.h"
 #include "host.h"
+#include "json.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -736,7 +737,7 @@ static char *settings_text(const cJSON *settings, const char *name, int *not_obj
     const cJSON *s = settings ? cJSON_GetObjectItemCaseSensitive(settings, name) : NULL;
     *not_object = s != NULL && !cJSON_IsObject(s);
     if (s == NULL || *not_object) return strdup("{}");
-    return cJSON_PrintUnformatted(s);
+    return gw_json_print(s);
 }
 
 /* Loads one file of the directory into the generation being built. */

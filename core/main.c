@@ -8,6 +8,7 @@
 #include "api.h"
 #include "app.h"
 #include "channel.h"
+#include "json.h"
 #include "client.h"
 #include "health.h"
 #include "host.h"
@@ -224,6 +225,7 @@ int main(int argc, char **argv)
     const char *cfg_path = NULL;
     int check_only = 0, do_migrate = 0;
 
+    gw_json_alloc_init(); /* before anything allocates through cJSON */
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 2 && strcmp(argv[1], "channel") == 0) return gw_ctl_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {

@@ -15,6 +15,7 @@
 #include "api.h"
 #include "channel.h"
 #include "chanop.h"
+#include "json.h"
 #include "host.h"
 
 #include <cjson/cJSON.h>
@@ -106,7 +107,7 @@ static void ingest(notif_t *n, const char *reason)
     cJSON_AddStringToObject(p, "channel_trade_no", n->out.channel_trade_no);
     cJSON_AddStringToObject(p, "raw_code", n->out.raw_code);
     cJSON_AddStringToObject(p, "raw_msg", n->out.raw_msg);
-    char *text = cJSON_PrintUnformatted(p);
+    char *text = gw_json_print(p);
     cJSON_Delete(p);
     if (text == NULL) {
         answer(n, 0);
@@ -114,7 +115,7 @@ static void ingest(notif_t *n, const char *reason)
     }
     const char *v[] = { text };
     gw_err_t rc = gw_pg_json(n->app, "notify_ingest", 1, v, ingest_cb, n);
-    cJSON_free(text);
+    free(text);
     if (rc != GW_OK) ingest_cb(n, rc, NULL);
 }
 

@@ -29,6 +29,7 @@
 #include "tasks.h"
 #include "api.h"
 #include "channel.h"
+#include "json.h"
 #include "chanop.h"
 #include "client.h"
 #include "crypto.h"
@@ -175,7 +176,7 @@ static void order_save(job_t *j, const char *from, const char *to, uint32_t next
     }
     cJSON_AddNumberToObject(p, "next_check_ms", next_ms);
     if (to == NULL) cJSON_AddBoolToObject(p, "attempt", 1);
-    char *patch = cJSON_PrintUnformatted(p);
+    char *patch = gw_json_print(p);
     cJSON_Delete(p);
     char id[24];
     snprintf(id, sizeof(id), "%lld", (long long)gw_jint(j->order, "id"));
@@ -187,7 +188,7 @@ static void order_save(job_t *j, const char *from, const char *to, uint32_t next
         gw_log(GW_LOG_INFO, "tasks: order %s %s → %s (%s)", gw_jstr(j->order, "trade_no"), st, to,
                res && res->raw_code[0] ? res->raw_code : source);
     gw_err_t rc = gw_pg_json(j->t->app, "order_transition", 5, v, order_saved, j);
-    cJSON_free(patch);
+    free(patch);
     if (rc != GW_OK) order_saved(j, rc, NULL);
 }
 
@@ -230,7 +231,7 @@ static void order_closed(void *udata, gw_chanop_out_t *out)
             cJSON *p = cJSON_CreateObject();
             if (out->res.raw_code[0]) cJSON_AddStringToObject(p, "channel_code", out->res.raw_code);
             cJSON_AddStringToObject(p, "channel_msg", "reversed");
-            char *patch = cJSON_PrintUnformatted(p);
+            char *patch = gw_json_print(p);
             cJSON_Delete(p);
             char id[24], from[64];
             snprintf(id, sizeof(id), "%lld", (long long)gw_jint(j->order, "id"));
@@ -238,7 +239,7 @@ static void order_closed(void *udata, gw_chanop_out_t *out)
             const char *v[] = { id, from, "CLOSED", patch, "task" };
             gw_log(GW_LOG_INFO, "tasks: order %s %s → CLOSED (reversed)", gw_jstr(j->order, "trade_no"), st);
             gw_err_t rc = gw_pg_json(j->t->app, "order_transition", 5, v, reverse_saved, j);
-            cJSON_free(patch);
+            free(patch);
             if (rc != GW_OK) order_saved(j, rc, NULL);
             return;
         }
@@ -377,7 +378,7 @@ static void refund_done(void *udata, gw_chanop_out_t *out)
     if (ack) cJSON_AddBoolToObject(p, "channel_ack", 1);
     cJSON_AddNumberToObject(p, "next_check_ms", backoff_ms(j->t, j->attempts));
     cJSON_AddBoolToObject(p, "attempt", 1);
-    char *patch = cJSON_PrintUnformatted(p);
+    char *patch = gw_json_print(p);
     cJSON_Delete(p);
     char id[24];
     snprintf(id, sizeof(id), "%lld", (long long)gw_jint(j->refund, "id"));
@@ -385,7 +386,7 @@ static void refund_done(void *udata, gw_chanop_out_t *out)
     if (strcmp(to, "PROCESSING") != 0)
         gw_log(GW_LOG_INFO, "tasks: refund %s → %s", gw_jstr(j->refund, "refund_no"), to);
     gw_err_t rc = gw_pg_json(j->t->app, "refund_transition", 4, v, refund_saved, j);
-    cJSON_free(patch);
+    free(patch);
     if (rc != GW_OK) refund_saved(j, rc, NULL);
 }
 
@@ -481,7 +482,7 @@ static void notify_step(job_t *j)
 {
     gw_tasks_t *t = j->t;
     const cJSON *payload = cJSON_GetObjectItemCaseSensitive(j->row, "payload");
-    char *body = cJSON_PrintUnformatted(payload);
+    char *body = gw_json_print(payload);
     const char *secret = gw_jstr(j->row, "secret");
     snprintf(j->merchant, sizeof(j->merchant), "%s", gw_jstr(j->row, "merchant_id"));
     struct mbusy *b = busy_slot(t, j->merchant, 1);
@@ -506,7 +507,7 @@ static void notify_step(job_t *j)
     };
     gw_err_t rc = req.url ? gw_client_send(t->app->client, &req, notify_sent, j) : GW_EINVAL;
     gw_buf_free(&hdr);
-    cJSON_free(body);
+    free(body);
     if (rc != GW_OK) {
         gw_client_response_t r;
         memset(&r, 0, sizeof(r));

@@ -1,0 +1,50 @@
+/*
+ * json.h — writing cJSON trees without cJSON's printer.
+ *
+ * cJSON_PrintUnformatted prints every number with sprintf("%1.15g") and
+ * reads it back with sscanf to check the round trip, and grows its output
+ * by reallocation: a tenth of paygated's instructions per order in the
+ * c-to-b bench went there (docs/performance.md, "Fourth round").  Every
+ * number paygated writes is an integer (fen, ids, milliseconds), so integers
+ * take a direct path; any other number is printed exactly as cJSON would.
+ * The output is byte for byte what cJSON_PrintUnformatted gives for the same
+ * tree (test/unit/test_json.c compares the two on generated trees).
+ */
+#ifndef GW_JSON_H
+#define GW_JSON_H
+
+#include "gw.h"
+
+struct cJSON;
+
+/* Appends the compact JSON text of j to b.  GW_EINVAL for a tree cJSON
+ * could not print either (an unknown type, a raw item without text). */
+gw_err_t gw_json_write(gw_buf_t *b, const struct cJSON *j);
+
+/* The compact JSON text of j in memory from malloc (free() it), or NULL
+ * (out of memory, or a tree cJSON could not print either). */
+char *gw_json_print(const struct cJSON *j);
+
+/* cJSON's allocations through per-thread caches of freed small blocks.
+ *
+ * A parsed order row is some 80 small allocations, freed together soon
+ * after; glibc's per-thread cache keeps 7 blocks of a size, so most of them
+ * went through the arena's bins (malloc and free were a quarter of
+ * paygated's instructions per order).  These hooks keep up to
+ * GW_JSON_CACHE_KEEP freed blocks of each 16-byte size class up to 256
+ * bytes, in the thread that installed them (the event loop's: the thread
+ * pool's blocks are freed to malloc, so no cache outlives its thread);
+ * larger blocks go straight to malloc.  Call it first
+ * thing in main(), before any cJSON allocation: a block from plain malloc
+ * must never reach the hook's free (nor the other way round), so memory
+ * cJSON hands out (cJSON_Print*, item strings) is freed with cJSON_free or
+ * cJSON_Delete only.  Under AddressSanitizer cached blocks are poisoned. */
+#define GW_JSON_CACHE_KEEP 512
+void gw_json_alloc_init(void);
+/* The calling thread's cached blocks, back to malloc (registered with
+ * atexit by gw_json_alloc_init, for leak checkers). */
+void gw_json_alloc_trim(void);
+/* Blocks cached by the calling thread (tests). */
+size_t gw_json_alloc_cached(void);
+
+#endif /* GW_JSON_H */

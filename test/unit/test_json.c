@@ -1,0 +1,244 @@
+/*
+ * test_json.c — core/json.c: gw_json_write gives, byte for byte, the text
+ * cJSON_PrintUnformatted gives for the same tree.  The trees are generated
+ * from a fixed seed (a failure is reproducible): every value type, numbers
+ * that are integers of every size, fractions, huge and tiny, negative zero,
+ * NaN and infinities; strings and keys with every byte from 1 to 255
+ * (control characters, quotes, backslashes, UTF-8), empty ones, raw items,
+ * nesting.  A few fixed cases pin what the differential cannot show alone.
+ * Everything runs with the allocation hooks paygated installs
+ * (gw_json_alloc_init), which have their own tests at the end.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gw.h"
+#include "json.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t next(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 11);
+}
+
+static void random_text(char *s, size_t cap)
+{
+    size_t n = next() % 4 == 0 ? 0 : next() % (cap - 1);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = next() % 8;
+        if (k == 0) s[i] = (char)(1 + next() % 31);          /* control */
+        else if (k == 1) s[i] = "\"\\/\b\f\n\r\t"[next() % 8];
+        else if (k == 2) s[i] = (char)(128 + next() % 128);  /* high bytes */
+        else s[i] = (char)(32 + next() % 95);
+    }
+    s[n] = '\0';
+}
+
+static double random_number(void)
+{
+    switch (next() % 12) {
+    case 0: return (double)(int32_t)next();
+    case 1: return (double)(int64_t)(((uint64_t)next() << 32 | next()) >> (next() % 64));
+    case 2: return -(double)(next() % 1000);
+    case 3: return (double)next() / (double)(1 + next() % 1000);
+    case 4: return ((double)next() - 2e9) * 1e-9;
+    case 5: return pow(10, (double)(next() % 40)) * (next() % 2 ? 1 : -1);
+    case 6: return 999999999999999.0 + (double)(next() % 4);   /* around 1e15 */
+    case 7: return -0.0;
+    case 8: return (double)((uint64_t)1 << (next() % 64));
+    case 9: return next() % 2 ? 1e308 * 10 : -1e308 * 10;    /* infinities */
+    case 10: return next() % 3 ? 0.1 * (double)(next() % 100) : nan("");
+    default: return (double)(next() % 100000000) / 100.0;
+    }
+}
+
+static cJSON *random_tree(int depth)
+{
+    char text[40];
+    uint32_t k = next() % (depth > 4 ? 6 : 9);
+    switch (k) {
+    case 0: return cJSON_CreateNull();
+    case 1: return cJSON_CreateBool(next() % 2);
+    case 2: case 3: return cJSON_CreateNumber(random_number());
+    case 4: random_text(text, sizeof(text)); return cJSON_CreateString(text);
+    case 5: return cJSON_CreateRaw(next() % 2 ? "{\"raw\":[1,2]}" : "123");
+    case 6: case 7: {
+        cJSON *a = cJSON_CreateArray();
+        for (uint32_t i = next() % 5; i > 0; i--) cJSON_AddItemToArray(a, random_tree(depth + 1));
+        return a;
+    }
+    default: {
+        cJSON *o = cJSON_CreateObject();
+        for (uint32_t i = next() % 6; i > 0; i--) {
+            random_text(text, 12);
+            cJSON_AddItemToObject(o, text, random_tree(depth + 1));
+        }
+        return o;
+    }
+    }
+}
+
+static void same_as_cjson(const cJSON *j)
+{
+    char *want = cJSON_PrintUnformatted(j);
+    char *got = gw_json_print(j);
+    assert_non_null(want);
+    assert_non_null(got);
+    if (strcmp(want, got) != 0) fail_msg("cJSON: %s\ngw:    %s", want, got);
+    gw_buf_t b;
+    gw_buf_init(&b, 1u << 20);
+    gw_buf_appends(&b, "prefix:");
+    assert_int_equal(gw_json_write(&b, j), GW_OK);
+    assert_string_equal(b.data + 7, want);
+    gw_buf_free(&b);
+    free(got);
+    cJSON_free(want);
+}
+
+static void test_generated_trees(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 20000; i++) {
+        cJSON *j = random_tree(0);
+        same_as_cjson(j);
+        cJSON_Delete(j);
+    }
+}
+
+static void test_fixed_cases(void **state)
+{
+    (void)state;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "amount", 100);
+    cJSON_AddNumberToObject(o, "neg", -42);
+    cJSON_AddNumberToObject(o, "ms", 1764300000123.0);
+    cJSON_AddNumberToObject(o, "big", 1e15);
+    cJSON_AddNumberToObject(o, "third", 1.0 / 3.0);
+    cJSON_AddStringToObject(o, "s", "a\"b\\c\n\x01\x7f\xe4\xb8\xad");
+    cJSON_AddItemToObject(o, "e", cJSON_CreateArray());
+    cJSON_AddItemToObject(o, "o", cJSON_CreateObject());
+    char *t = gw_json_print(o);
+    assert_string_equal(t, "{\"amount\":100,\"neg\":-42,\"ms\":1764300000123,\"big\":1e+15,"
+                           "\"third\":0.33333333333333331,\"s\":\"a\\\"b\\\\c\\n\\u0001\x7f\xe4\xb8\xad\","
+                           "\"e\":[],\"o\":{}}");
+    free(t);
+    same_as_cjson(o);
+    cJSON_Delete(o);
+    /* a raw item without text cannot be printed: neither prints it */
+    cJSON *r = cJSON_CreateArray();
+    cJSON *raw = cJSON_CreateRaw("1");
+    cJSON_free(raw->valuestring);
+    raw->valuestring = NULL;
+    cJSON_AddItemToArray(r, raw);
+    assert_null(cJSON_PrintUnformatted(r));
+    assert_null(gw_json_print(r));
+    cJSON_Delete(r);
+    assert_null(gw_json_print(NULL));
+}
+
+/* A bounded buffer: the write fails with GW_ETOOBIG, not a cut text. */
+static void test_bounded(void **state)
+{
+    (void)state;
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < 100; i++) cJSON_AddItemToArray(a, cJSON_CreateString("0123456789"));
+    gw_buf_t b;
+    gw_buf_init(&b, 100);
+    assert_int_equal(gw_json_write(&b, a), GW_ETOOBIG);
+    gw_buf_free(&b);
+    cJSON_Delete(a);
+}
+
+/* Freed small blocks come back for the next allocation of their size
+ * class, whole (the caller may use every byte it asked for); large ones are
+ * not kept; a thread keeps at most GW_JSON_CACHE_KEEP per class. */
+static void test_alloc_cache(void **state)
+{
+    (void)state;
+    gw_json_alloc_trim();
+    assert_int_equal(gw_json_alloc_cached(), 0);
+    for (size_t n = 0; n <= 300; n++) {
+        unsigned char *p = cJSON_malloc(n);
+        assert_non_null(p);
+        assert_int_equal((uintptr_t)p % 16, 0);
+        memset(p, 0xA5, n);
+        cJSON_free(p);
+        unsigned char *q = cJSON_malloc(n);
+        if (n <= 256) assert_ptr_equal(q, p);   /* the same block, from the cache */
+        memset(q, 0x5A, n);
+        cJSON_free(q);
+    }
+    assert_int_equal(gw_json_alloc_cached(), 16);  /* one per class 16 … 256 */
+    /* sizes of one class share blocks: 17 and 32 bytes are both 32 */
+    void *a = cJSON_malloc(17);
+    cJSON_free(a);
+    assert_ptr_equal(cJSON_malloc(32), a);
+    cJSON_free(a);
+
+    enum { N = GW_JSON_CACHE_KEEP + 100 };
+    static void *blocks[N];
+    for (int i = 0; i < N; i++) assert_non_null(blocks[i] = cJSON_malloc(40));
+    for (int i = 0; i < N; i++) cJSON_free(blocks[i]);
+    assert_int_equal(gw_json_alloc_cached(), 15 + GW_JSON_CACHE_KEEP);
+    gw_json_alloc_trim();
+    assert_int_equal(gw_json_alloc_cached(), 0);
+    cJSON_free(NULL);
+}
+
+static void *other_thread(void *arg)
+{
+    cJSON **trees = arg;
+    /* frees what the main thread parsed, parses its own for the main thread */
+    cJSON_Delete(trees[0]);
+    trees[2] = (cJSON *)(uintptr_t)gw_json_alloc_cached();
+    trees[1] = cJSON_Parse("{\"a\":[1,2,{\"b\":\"x\"}],\"c\":\"\u00e9\"}");
+    return NULL;
+}
+
+/* Blocks cross threads both ways: the other thread frees to malloc, this
+ * one keeps what it frees, whoever allocated it. */
+static void test_alloc_threads(void **state)
+{
+    (void)state;
+    cJSON *trees[3] = { cJSON_Parse("[\"one\",{\"two\":2},[3.5]]"), NULL, NULL };
+    assert_non_null(trees[0]);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, other_thread, trees), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal((uintptr_t)trees[2], 0);  /* only the hooks' own thread keeps blocks */
+    assert_non_null(trees[1]);
+    char *text = gw_json_print(trees[1]);
+    assert_string_equal(text, "{\"a\":[1,2,{\"b\":\"x\"}],\"c\":\"\xc3\xa9\"}");
+    free(text);
+    size_t before = gw_json_alloc_cached();
+    cJSON_Delete(trees[1]);
+    assert_true(gw_json_alloc_cached() >= before + 6);
+}
+
+int main(void)
+{
+    gw_json_alloc_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_generated_trees),
+        cmocka_unit_test(test_fixed_cases),
+        cmocka_unit_test(test_bounded),
+        cmocka_unit_test(test_alloc_cache),
+        cmocka_unit_test(test_alloc_threads),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    gw_json_alloc_trim();
+    return failed;
+}
