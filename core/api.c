@@ -366,12 +366,18 @@ static void api_free(api_req_t *a)
 
 static void on_retry_timer_closed(uv_handle_t *h) { api_free(h->data); }
 
+/* Frees a once answered (after its retry timer, if it had one). */
+static void api_done(api_req_t *a)
+{
+    if (a->retry_timer.data) uv_close((uv_handle_t *)&a->retry_timer, on_retry_timer_closed);
+    else api_free(a);
+}
+
 /* Answers and frees a. */
 static void api_reply_json(api_req_t *a, int status, cJSON *j)
 {
     gw_respond_json(a->req, status, j);
-    if (a->retry_timer.data) uv_close((uv_handle_t *)&a->retry_timer, on_retry_timer_closed);
-    else api_free(a);
+    api_done(a);
 }
 
 static void api_error(api_req_t *a, int status, const char *code, const char *fmt, ...)
@@ -590,15 +596,16 @@ static void copy_field(cJSON *dst, const cJSON *src, const char *key)
     if (v && !cJSON_IsNull(v)) cJSON_AddItemToObject(dst, key, cJSON_Duplicate(v, 1));
 }
 
+static const char *const order_view_keys[] = { "trade_no", "out_trade_no", "merchant_id",
+    "shop_id", "amount", "currency", "subject", "method", "status", "pay_data", "channel",
+    "channel_trade_no", "channel_code", "channel_msg", "refunded_amount", "fee",
+    "settle_amount", "customer_id", "attach", "created_at", "paid_at", "expire_at",
+    "updated_at", NULL };
+
 static cJSON *order_view(const cJSON *o)
 {
-    static const char *const keys[] = { "trade_no", "out_trade_no", "merchant_id", "shop_id",
-        "amount", "currency", "subject", "method", "status", "pay_data", "channel",
-        "channel_trade_no", "channel_code", "channel_msg", "refunded_amount", "fee",
-        "settle_amount", "customer_id", "attach", "created_at", "paid_at", "expire_at",
-        "updated_at", NULL };
     cJSON *j = cJSON_CreateObject();
-    for (int i = 0; keys[i]; i++) copy_field(j, o, keys[i]);
+    for (int i = 0; order_view_keys[i]; i++) copy_field(j, o, order_view_keys[i]);
     return j;
 }
 
@@ -616,9 +623,20 @@ static cJSON *refund_view(const cJSON *r, const cJSON *o)
     return j;
 }
 
+/* The order's view written straight from the row (no copied tree): the
+ * text order_view would print. */
 static void reply_order(api_req_t *a, int status)
 {
-    api_reply_json(a, status, order_view(a->order));
+    gw_buf_t b;
+    gw_buf_init(&b, (size_t)1 << 24);
+    if (gw_json_write_view(&b, a->order, order_view_keys) != GW_OK) {
+        gw_buf_free(&b);
+        api_reply_json(a, status, order_view(a->order));
+        return;
+    }
+    gw_http_respond(a->req, status, "application/json", b.data, b.len);
+    gw_buf_free(&b);
+    api_done(a);
 }
 
 /* ------------------------------------------------------------------ */

@@ -140,6 +140,32 @@ gw_err_t gw_json_write(gw_buf_t *b, const cJSON *j)
     return write_value(b, j, 0);
 }
 
+gw_err_t gw_json_write_view(gw_buf_t *b, const cJSON *obj, const char *const keys[])
+{
+    if (obj == NULL || !cJSON_IsObject(obj)) return GW_EINVAL;
+    gw_err_t rc = put(b, "{", 1);
+    const cJSON *from = obj->child;
+    int first = 1;
+    for (int i = 0; keys[i] && rc == GW_OK; i++) {
+        const cJSON *hit = NULL;
+        /* from `from` to the end, then from the start to `from` */
+        for (const cJSON *c = from; c && !hit; c = c->next)
+            if (c->string && strcmp(c->string, keys[i]) == 0) hit = c;
+        for (const cJSON *c = obj->child; c != from && !hit; c = c->next)
+            if (c->string && strcmp(c->string, keys[i]) == 0) hit = c;
+        if (hit == NULL) continue;
+        from = hit->next ? hit->next : obj->child;
+        if (cJSON_IsNull(hit)) continue;
+        if (!first) rc = put(b, ",", 1);
+        first = 0;
+        if (rc == GW_OK) rc = write_string(b, keys[i]);
+        if (rc == GW_OK) rc = put(b, ":", 1);
+        if (rc == GW_OK) rc = write_value(b, hit, 1);
+    }
+    if (rc == GW_OK) rc = put(b, "}", 1);
+    return rc;
+}
+
 char *gw_json_print(const cJSON *j)
 {
     gw_buf_t b;

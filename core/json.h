@@ -21,6 +21,13 @@ struct cJSON;
  * could not print either (an unknown type, a raw item without text). */
 gw_err_t gw_json_write(gw_buf_t *b, const struct cJSON *j);
 
+/* Appends an object of obj's members named in keys (NULL-terminated), in
+ * the order of keys, leaving out absent and null ones: the text
+ * cJSON_PrintUnformatted gives for an object built by copying those members.
+ * The search for each key starts after the member found for the one before,
+ * so keys listed in obj's own order cost one comparison each. */
+gw_err_t gw_json_write_view(gw_buf_t *b, const struct cJSON *obj, const char *const keys[]);
+
 /* The compact JSON text of j in memory from malloc (free() it), or NULL
  * (out of memory, or a tree cJSON could not print either). */
 char *gw_json_print(const struct cJSON *j);

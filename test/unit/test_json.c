@@ -149,6 +149,53 @@ static void test_fixed_cases(void **state)
     assert_null(gw_json_print(NULL));
 }
 
+/* gw_json_write_view against the object built the way order_view builds it
+ * (a copy of each named, non-null member) and printed by cJSON: objects of
+ * distinct keys, lists of names in random order, some absent, repeated or
+ * naming null members. */
+static void test_view(void **state)
+{
+    (void)state;
+    static const char *const names[] = { "a", "b", "trade_no", "amount", "status", "pay_data",
+                                         "x\"y", "", "paid_at", "z" };
+    enum { NN = sizeof(names) / sizeof(names[0]) };
+    for (int round = 0; round < 5000; round++) {
+        cJSON *o = cJSON_CreateObject();
+        for (int i = 0; i < NN; i++) {
+            if (next() % 3 == 0) continue;
+            cJSON *v = next() % 4 == 0 ? cJSON_CreateNull() : random_tree(2);
+            cJSON_AddItemToObject(o, names[(i + round) % NN], v);
+        }
+        const char *keys[NN + 3];
+        int nk = 0;
+        for (int i = 0; i < NN + 2; i++)
+            if (next() % 4) keys[nk++] = names[next() % NN];
+        keys[nk] = NULL;
+        cJSON *want = cJSON_CreateObject();
+        for (int i = 0; i < nk; i++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, keys[i]);
+            if (v && !cJSON_IsNull(v)) cJSON_AddItemToObject(want, keys[i], cJSON_Duplicate(v, 1));
+        }
+        char *w = cJSON_PrintUnformatted(want);
+        gw_buf_t b;
+        gw_buf_init(&b, 1u << 20);
+        assert_int_equal(gw_json_write_view(&b, o, keys), GW_OK);
+        if (strcmp(w, b.data) != 0) fail_msg("round %d\ncJSON: %s\ngw:    %s", round, w, b.data);
+        gw_buf_free(&b);
+        cJSON_free(w);
+        cJSON_Delete(want);
+        cJSON_Delete(o);
+    }
+    gw_buf_t b;
+    gw_buf_init(&b, 64);
+    const char *none[] = { NULL };
+    cJSON *arr = cJSON_CreateArray();
+    assert_int_equal(gw_json_write_view(&b, arr, none), GW_EINVAL);
+    assert_int_equal(gw_json_write_view(&b, NULL, none), GW_EINVAL);
+    cJSON_Delete(arr);
+    gw_buf_free(&b);
+}
+
 /* A bounded buffer: the write fails with GW_ETOOBIG, not a cut text. */
 static void test_bounded(void **state)
 {
@@ -235,6 +282,7 @@ int main(void)
         cmocka_unit_test(test_generated_trees),
         cmocka_unit_test(test_fixed_cases),
         cmocka_unit_test(test_bounded),
+        cmocka_unit_test(test_view),
         cmocka_unit_test(test_alloc_cache),
         cmocka_unit_test(test_alloc_threads),
     };
