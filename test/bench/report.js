@@ -68,6 +68,14 @@ if (sim) out.push(`| ceiling: Swiftpass simulator alone (Node, ${sim.conns} conn
 const stub = get('swiftpass_stub');
 if (stub) out.push(`| ceiling: Swiftpass stub alone (C, gwload sp-stub, ${stub.conns} conns) | ${n0(stub.rate)} req/s${bad(stub)} | ${lat(stub)} | | ${cpu(stub)} | ${stub.loadavg_end} |`);
 
+for (const kind of ['order', 'notify']) {
+  const sc = rows.filter((r) => r.phase === 'sqlcost' && r.kind === kind);
+  if (sc.length) {
+    const what = kind === 'order' ? 'c-to-b order (create + first transition, 2 transactions)' : 'notification (applied)';
+    out.push(`| PostgreSQL CPU per ${what}, one session, batches of ${sc.map((r) => r.batch).join(' / ')} | ` +
+      `${sc.map((r) => r.ms_per_unit.toFixed(3)).join(' / ')} ms | | | | ${sc[sc.length - 1].loadavg_end} |`);
+  }
+}
 const ctob = get('ctob');
 if (ctob) {
   const ok = ctob.rate >= 5000 && ctob.p99_ms < 50;

@@ -16,6 +16,9 @@
 #              bare HTTP on one libuv loop (gwload serve), the Swiftpass
 #              simulator and stub alone, pgbench running paygated's two
 #              c-to-b statements
+#   sqlcost    PostgreSQL CPU per c-to-b order and per notification in the
+#              batch functions, batches of 1, 10 and 30, in one backend
+#              (test/bench/sqlcost.sh; BENCH_SQLCOST_UNITS, 3000)
 #   ctob       c-to-b create through Swiftpass (wechat_qr)
 #   btoc       b-to-c create, immediate success (barcode)
 #   notify     Swiftpass payment notifications (MD5-signed) for PENDING orders
@@ -25,8 +28,8 @@
 #
 # Environment: BENCH_DURATION (s per phase, 20), BENCH_WARMUP (3),
 # BENCH_CONNS (64), BENCH_SLOW_CONNS (200), BENCH_IDLE_CONNS (10000),
-# BENCH_NOTIFY_ORDERS (300000), BENCH_PHASES ("ceilings ctob btoc notify slow
-# idle"), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
+# BENCH_NOTIFY_ORDERS (300000), BENCH_PHASES ("ceilings sqlcost ctob btoc
+# notify slow idle"), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
 # paygated's own), BENCH_SYNC_COMMIT=off (a diagnostic, marked as such, never
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
@@ -50,7 +53,7 @@ CONNS=${BENCH_CONNS:-64}
 SLOW_CONNS=${BENCH_SLOW_CONNS:-200}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-300000}
-PHASES=" ${BENCH_PHASES:-ceilings ctob btoc notify slow idle} "
+PHASES=" ${BENCH_PHASES:-ceilings sqlcost ctob btoc notify slow idle} "
 SECRET=bench-merchant-secret-0123456789
 MOCK_KEY=bench-mock-key-0123456789
 ADMIN_TOKEN=bench-admin-token-0123456789
@@ -352,6 +355,13 @@ EOF
     echo "{\"phase\":\"pgbench_orders\",\"clients\":$c,\"tps\":${tps:-0},\"latency_ms\":${lat:-0},\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >> "$RESULTS"
     say "  pgbench -c $c, c-to-b statements: $tps orders/s (mean latency $lat ms)"
   done
+fi
+
+# ---------------------------------------------------------------- sqlcost
+if has_phase sqlcost; then
+  say "PostgreSQL CPU in the batch functions, one session (synchronous_commit off there)"
+  . "$ROOT/test/bench/sqlcost.sh"
+  sqlcost_phase
 fi
 
 WATCH="paygated=$PAYGATED_PID,postgres=+$PG_PID,redis=$REDIS_PID,$SW_SIDE=$SW_PID,mock-sim=$MOCK_PID"
