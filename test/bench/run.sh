@@ -191,6 +191,20 @@ phase_json() { # name json [extra json fragment] -> results
   echo "$json" | jq -c '{rate, p50_ms, p99_ms, p999_ms, bad, status, cpu_pct, box_busy_pct, loadavg_end}' 2>/dev/null >&2 || echo "$json" >&2
 }
 
+# Before each measured window: VACUUM (ANALYZE) of the tables the load
+# writes, then a CHECKPOINT.  Without it, autovacuum of the orders table
+# (hundreds of thousands of rows seeded or written by the phase before) and
+# a checkpoint forced by the WAL volume land in whichever window comes next:
+# sampling pg_stat_activity showed both running through the slow-channel
+# window and the reference after it (docs/performance.md, "Fourth round").
+# Every window starts from the same state; the cost of the maintenance a
+# window's own load causes stays in it.
+settle() {
+  "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate \
+    -c "VACUUM (ANALYZE) orders, order_events, notify_inbox, merchant_notifications" -c "CHECKPOINT" >/dev/null 2>&1 ||
+    say "settle: VACUUM / CHECKPOINT failed (the window runs anyway)"
+}
+
 # ---------------------------------------------------------------- ceilings
 if has_phase ceilings; then
   say "ceiling: PostgreSQL durable single-row INSERT (pgbench)"
@@ -380,6 +394,7 @@ create() { # shop method tag [extra gwload args…]
 
 # ---------------------------------------------------------------- ctob
 if has_phase ctob; then
+  settle
   say "c-to-b create through Swiftpass: $CONNS connections, $DUR s"
   if [ -n "${BENCH_CALLGRIND:-}" ]; then
     callgrind_control -z "$PAYGATED_PID" >/dev/null
@@ -446,6 +461,7 @@ fi
 
 # ---------------------------------------------------------------- btoc
 if has_phase btoc; then
+  settle
   say "b-to-c create, immediate success: $CONNS connections, $DUR s"
   s0=$(pg_snap); t0=$(date +%s.%N)
   j=$(create bs1 barcode btoc)
@@ -464,7 +480,7 @@ if has_phase notify; then
   "${PSQL[@]}" -c "UPDATE orders SET status = 'PENDING' WHERE status = 'CREATED' AND subject = 'bench notify'" >/dev/null
   "${PSQL[@]}" -tAc "SELECT trade_no || ' ' || channel_mch_id || ' ' || amount FROM orders
       WHERE status = 'PENDING' AND subject = 'bench notify' ORDER BY id" > "$WORK/notify-orders.txt"
-  "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate -c "CHECKPOINT" >/dev/null 2>&1 || true
+  settle
   inbox_before=$("${PSQL[@]}" -tAc "SELECT COALESCE(max(id), 0) FROM notify_inbox")
   say "notification ingestion: $CONNS connections, $DUR s"
   s0=$(pg_snap); t0=$(date +%s.%N)
@@ -481,9 +497,11 @@ fi
 if has_phase slow; then
   # the reference is taken right before, not the ctob phase minutes earlier:
   # on a shared box the neighbours' load changes faster than that
+  settle
   say "c-to-b reference run for the slow-channel comparison"
   j=$(create bs1 wechat_qr slow-ref)
   phase_json slow_ref "$j"
+  settle
   say "c-to-b while the mock channel answers after 3 s with $SLOW_CONNS orders in flight on it"
   curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":3000}' >/dev/null
   "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs2 --method wechat_qr \
@@ -498,6 +516,7 @@ if has_phase slow; then
   curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":0}' >/dev/null
   # and again right after: on this shared box a single reference drifts by
   # ±15 % between two windows; the report compares with the mean of both
+  settle
   say "c-to-b reference run after the slow-channel run"
   j=$(create bs1 wechat_qr slow-ref2)
   phase_json slow_ref2 "$j"
