@@ -210,6 +210,7 @@ static gw_err_t op_send(op_t *o)
         .body = o->req.body.data,
         .body_len = o->req.body.len,
         .timeout_ms = o->req.timeout_ms > 0 ? o->req.timeout_ms : o->app->cfg.channels.call_timeout_ms,
+        .pool = o->channel, /* each channel's connections apart */
     };
     return gw_client_send(o->app->client, &creq, on_response, o);
 }

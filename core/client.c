@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#define GW_CLIENT_POOLS 16
+
 struct gw_client {
     uv_loop_t *loop;
     CURLM *multi;
@@ -26,6 +28,13 @@ struct gw_client {
      * on each) and a cleanup per request otherwise */
     CURL *spare[256];
     int nspare;
+    /* connection caches per pool (gw_client_request_t.pool): a curl share
+     * of connections each; past GW_CLIENT_POOLS names, the common cache */
+    struct {
+        char name[32];
+        CURLSH *share;
+    } pools[GW_CLIENT_POOLS];
+    int npools;
 };
 
 /* One per socket, from libcurl's first use of it until libcurl closes it
@@ -309,6 +318,25 @@ gw_client_t *gw_client_new(uv_loop_t *loop, const gw_client_opts_t *opts)
     return c;
 }
 
+/* The share holding the connections of pool name, made on first use; NULL:
+ * the multi handle's own cache. */
+static CURLSH *pool_share(gw_client_t *c, const char *name)
+{
+    if (name == NULL || name[0] == '\0' || strlen(name) >= sizeof(c->pools[0].name)) return NULL;
+    for (int i = 0; i < c->npools; i++)
+        if (strcmp(c->pools[i].name, name) == 0) return c->pools[i].share;
+    if (c->npools == GW_CLIENT_POOLS) return NULL;
+    CURLSH *sh = curl_share_init();
+    if (sh == NULL) return NULL;
+    if (curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) != CURLSHE_OK) {
+        curl_share_cleanup(sh);
+        return NULL;
+    }
+    snprintf(c->pools[c->npools].name, sizeof(c->pools[0].name), "%s", name);
+    c->pools[c->npools++].share = sh;
+    return sh;
+}
+
 gw_err_t gw_client_send(gw_client_t *c, const gw_client_request_t *req, gw_client_cb cb,
                         void *udata)
 {
@@ -342,6 +370,7 @@ gw_err_t gw_client_send(gw_client_t *c, const gw_client_request_t *req, gw_clien
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->opts.max_response_bytes);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c);
+    curl_easy_setopt(e, CURLOPT_SHARE, pool_share(c, req->pool)); /* a reused handle may carry another */
 
     /* never wait for 100-continue; an empty Expect disables it */
     x->hdrs = curl_slist_append(NULL, "Expect:");
@@ -407,9 +436,12 @@ void gw_client_close(gw_client_t *c, void (*done)(void *), void *udata)
     c->done_udata = udata;
     while (c->xfers) xfer_finish(c->xfers, GW_ECANCELED, "client closed");
     while (c->nspare > 0) curl_easy_cleanup(c->spare[--c->nspare]);
-    /* closing the multi handle closes its sockets (close_socket) */
+    /* closing the multi handle closes its sockets (close_socket), closing a
+     * share the pool's (the callback is the connection's, whoever closes) */
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
+    for (int i = 0; i < c->npools; i++) curl_share_cleanup(c->pools[i].share);
+    c->npools = 0;
     for (int fd = 0; fd < c->nbyfd; fd++)
         if (c->byfd[fd]) sock_release(c->byfd[fd]);
     free(c->byfd);

@@ -27,6 +27,12 @@ typedef struct gw_client_request {
     const char *body;
     size_t body_len;
     int timeout_ms;       /* whole request deadline */
+    const char *pool;     /* connections are kept and reused per pool (the
+                             channel's name); NULL: the common pool.  libcurl
+                             7.88 walks every connection of a transfer's cache
+                             when it removes the transfer, so a slow channel's
+                             hundreds of open connections in one shared cache
+                             made every other channel's calls dearer. */
 } gw_client_request_t;
 
 typedef struct gw_client_response {

@@ -184,12 +184,14 @@ static gw_client_t *client_new(void)
     return c;
 }
 
+static const char *send_pool; /* gw_client_request_t.pool of send_one's requests */
+
 static void send_one(gw_client_t *c, int port, result_t *res)
 {
     char url[64];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", port);
     gw_client_request_t rq = { .method = "POST", .url = url, .headers = "Content-Type: text/plain\r\n",
-                               .body = "ping", .body_len = 4, .timeout_ms = 5000 };
+                               .body = "ping", .body_len = 4, .timeout_ms = 5000, .pool = send_pool };
     memset(res, 0, sizeof(*res));
     assert_int_equal(gw_client_send(c, &rq, on_resp, res), GW_OK);
 }
@@ -284,6 +286,38 @@ static void test_keepalive_reuse(void **state)
     assert_int_equal(s.accepted, 1);
     assert_int_equal(gw_client_inflight(c), 0);
     client_close(c);
+    srv_stop(&s);
+    loop_drain();
+}
+
+/* Connections are kept per pool: a pool's requests reuse its connection,
+ * another pool's never do (each has its own connection cache), the common
+ * pool (NULL) is one more; closing the client closes them all. */
+static void test_pools(void **state)
+{
+    (void)state;
+    srv_t s;
+    srv_start(&s, 0);
+    gw_client_t *c = client_new();
+    send_pool = "alpha";
+    expect_answer(c, s.port, 1, 1);
+    expect_answer(c, s.port, 1, 2);
+    send_pool = "beta";
+    expect_answer(c, s.port, 2, 1);
+    expect_answer(c, s.port, 2, 2);
+    send_pool = NULL;
+    expect_answer(c, s.port, 3, 1);
+    send_pool = "alpha";
+    expect_answer(c, s.port, 1, 3);
+    send_pool = "beta";
+    expect_answer(c, s.port, 2, 3);
+    send_pool = NULL;
+    expect_answer(c, s.port, 3, 2);
+    assert_int_equal(s.accepted, 3);
+    assert_int_equal(s.open, 3);
+    client_close(c);
+    sleep_loop(50);
+    assert_int_equal(s.open, 0);
     srv_stop(&s);
     loop_drain();
 }
@@ -411,6 +445,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_keepalive_reuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pools, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_closes_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_then_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_does_not_hold_loop, setup, teardown),
