@@ -59,6 +59,7 @@ static const gw__cfg_field_t pg_fields[] = {
     INT("pool_size", pg.pool_size, 0, 1, 256),
     INT("max_pipeline", pg.max_pipeline, 0, 1, 4096),
     INT("query_timeout_ms", pg.query_timeout_ms, 0, 0, 3600000),
+    INT("batch_inflight", pg.batch_inflight, 0, 0, 4096),
     END
 };
 static const gw__cfg_field_t redis_fields[] = {
@@ -149,6 +150,7 @@ static void gw__cfg_defaults(gw_config_t *c)
     c->http.shutdown_timeout_ms = 10000;
     c->pg.pool_size = 16; /* more connections, more commits per WAL flush (docs/performance.md) */
     c->pg.max_pipeline = 64;
+    c->pg.batch_inflight = 1; /* group commit: docs/operations.md */
     c->pg.query_timeout_ms = 10000;
     c->redis.port = 6379;
     c->redis.command_timeout_ms = 1000;

@@ -32,6 +32,7 @@ typedef struct gw_config {
         int pool_size;
         int max_pipeline;
         int query_timeout_ms;
+        int batch_inflight; /* 0: no limit */
     } pg;
     struct {
         char *host;

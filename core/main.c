@@ -151,7 +151,8 @@ static int run(gw_app_t *app)
     gw_pg_opts_t po = { .conninfo = cfg->pg.conninfo,
                         .pool_size = cfg->pg.pool_size,
                         .max_pipeline = cfg->pg.max_pipeline,
-                        .query_timeout_ms = cfg->pg.query_timeout_ms };
+                        .query_timeout_ms = cfg->pg.query_timeout_ms,
+                        .batch_inflight = cfg->pg.batch_inflight };
     app->pg = gw_pg_new(app->loop, &po);
     gw_api_init(app);
     app->tasks = gw_tasks_new(app);

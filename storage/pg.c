@@ -111,12 +111,14 @@ typedef struct pg_stmt {
     int batch;          /* index of the batch form, -1: never batched */
     unsigned raw_mask;  /* parameters that are JSON text, embedded as is */
     int max_batch;
+    int family;         /* the single statement a batch form belongs to (itself otherwise) */
+    int inflight;       /* sent jobs of the family (counted on its single statement) */
 } pg_stmt_t;
 
 struct gw_pg {
     uv_loop_t *loop;
     char *conninfo;
-    int pool_size, max_pipeline, max_queue;
+    int pool_size, max_pipeline, max_queue, batch_inflight;
     int reconnect_min_ms, reconnect_max_ms, query_timeout_ms, connect_timeout_ms;
 
     pg_stmt_t *stmts;
@@ -159,6 +161,9 @@ static void list_push_front(pg_list_t *l, pg_job_t *j)
     if (l->tail == NULL) l->tail = j;
     l->n++;
 }
+
+static void on_prepare(uv_prepare_t *h);
+static void stmt_left(gw_pg_t *pg, pg_job_t *j);
 
 static pg_job_t *list_pop(pg_list_t *l)
 {
@@ -471,6 +476,7 @@ static void conn_fail(pg_conn_t *c, const char *why)
             job_free(j);
         } else {
             pg->ninflight_user--;
+            stmt_left(pg, j);
             job_finish(pg, j, GW_EIO);
         }
     }
@@ -535,6 +541,18 @@ static int result_is_conn_error(const PGconn *conn, const PGresult *res)
     return sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
 }
 
+/* A sent user job is done with its connection (answered or lost): its
+ * statement family has one less in flight, and jobs held back by
+ * batch_inflight may go. */
+static void stmt_left(gw_pg_t *pg, pg_job_t *j)
+{
+    if (j->stmt_idx < 0) return;
+    pg_stmt_t *f = &pg->stmts[pg->stmts[j->stmt_idx].family];
+    f->inflight--;
+    if (pg->batch_inflight > 0 && f->batch >= 0 && pg->queue.head && !pg->closing)
+        uv_prepare_start(&pg->dispatcher, on_prepare);
+}
+
 static void job_complete(pg_conn_t *c, pg_job_t *j)
 {
     gw_pg_t *pg = c->pg;
@@ -570,6 +588,7 @@ static void job_complete(pg_conn_t *c, pg_job_t *j)
     }
     c->nuser--;
     pg->ninflight_user--;
+    stmt_left(pg, j);
     job_finish(pg, j, err);
 }
 
@@ -714,6 +733,7 @@ static int conn_send(pg_conn_t *c, pg_job_t *j)
     j->sent_at = uv_now(pg->loop);
     j->synced = 0;
     list_push(&c->inflight, j);
+    if (j->stmt_idx >= 0) pg->stmts[pg->stmts[j->stmt_idx].family].inflight++;
     c->nuser++;
     pg->ninflight_user++;
     return 0;
@@ -886,13 +906,25 @@ static void batch_deliver(gw_pg_t *pg, pg_job_t *b)
 static void dispatch(gw_pg_t *pg)
 {
     int sent = 0;
+    pg_list_t held = { 0 }; /* batchable jobs over batch_inflight: back in front, in order */
     while (pg->queue.head) {
         pg_conn_t *c = least_loaded(pg);
         if (c == NULL) break;
         pg_job_t *j = list_pop(&pg->queue);
-        if (j->stmt_idx >= 0 && pg->stmts[j->stmt_idx].batch >= 0 && !j->nobatch)
+        if (j->stmt_idx >= 0 && pg->stmts[j->stmt_idx].batch >= 0 && !j->nobatch) {
+            if (pg->batch_inflight > 0 && pg->stmts[j->stmt_idx].inflight >= pg->batch_inflight) {
+                list_push(&held, j);
+                continue;
+            }
             j = batch_gather(pg, j);
+        }
         if (conn_send(c, j) == 0) sent = 1;
+    }
+    if (held.head) { /* in front of what is left, in their order */
+        held.tail->next = pg->queue.head;
+        if (pg->queue.tail == NULL) pg->queue.tail = held.tail;
+        pg->queue.head = held.head;
+        pg->queue.n += held.n;
     }
     if (!sent) return;
     for (int i = 0; i < pg->pool_size; i++) {
@@ -1043,6 +1075,7 @@ gw_pg_t *gw_pg_new(uv_loop_t *loop, const gw_pg_opts_t *opts)
     pg->pool_size = opts && opts->pool_size > 0 ? opts->pool_size : PG_DEFAULT_POOL;
     pg->max_pipeline = opts && opts->max_pipeline > 0 ? opts->max_pipeline : PG_DEFAULT_PIPELINE;
     pg->max_queue = opts && opts->max_queue > 0 ? opts->max_queue : PG_DEFAULT_QUEUE;
+    pg->batch_inflight = opts && opts->batch_inflight > 0 ? opts->batch_inflight : 0;
     pg->reconnect_min_ms =
         opts && opts->reconnect_min_ms > 0 ? opts->reconnect_min_ms : PG_DEFAULT_RECONNECT_MIN;
     pg->reconnect_max_ms =
@@ -1097,6 +1130,8 @@ gw_err_t gw_pg_prepare(gw_pg_t *pg, const char *name, const char *sql)
     pg->stmts[pg->nstmts].batch = -1;
     pg->stmts[pg->nstmts].raw_mask = 0;
     pg->stmts[pg->nstmts].max_batch = 0;
+    pg->stmts[pg->nstmts].family = pg->nstmts;
+    pg->stmts[pg->nstmts].inflight = 0;
     pg->nstmts++;
     return GW_OK;
 }
@@ -1226,6 +1261,7 @@ gw_err_t gw_pg_batchable(gw_pg_t *pg, const char *stmt, const char *batch_stmt, 
     pg->stmts[s].batch = b;
     pg->stmts[s].raw_mask = raw_mask;
     pg->stmts[s].max_batch = max_batch;
+    pg->stmts[b].family = s;
     return GW_OK;
 }
 

@@ -27,6 +27,10 @@ typedef struct gw_pg_opts {
     int reconnect_max_ms;    /* backoff cap, default 5000 */
     int query_timeout_ms;    /* per job from send; 0 = none. On expiry the
                                 connection is reset and its jobs fail GW_EIO */
+    int batch_inflight;      /* jobs of one batchable statement (its batches
+                                included) in flight at once; more wait in the
+                                queue and go out together as the next batch
+                                (group commit).  0 = no limit */
 } gw_pg_opts_t;
 
 /*

@@ -36,7 +36,7 @@
 # callgrind during ctob; needs valgrind; use BENCH_CONNS=8),
 # BENCH_PG_SHARED_BUFFERS (256MB), BENCH_LOG_LEVEL (warn), BENCH_PRELOAD
 # (LD_PRELOAD for paygated: a diagnostic), BENCH_PG_PIPELINE=N (postgres.max_pipeline:
-# a diagnostic), BENCH_SQL (SQL run as the
+# a diagnostic), BENCH_PG_BATCH_INFLIGHT=N (postgres.batch_inflight), BENCH_SQL (SQL run as the
 # superuser before the phases: a diagnostic), BENCH_KEEP=1
 # (keep the temp directory and services).
 #
@@ -297,7 +297,7 @@ cat > "$WORK/paygated.json" <<EOF
   "admin": { "host": "127.0.0.1", "port": $ADMIN_PORT, "token": "$ADMIN_TOKEN" },
   "log_level": "${BENCH_LOG_LEVEL:-warn}",
   "http": { "max_connections": $((IDLE_CONNS + 2000)) },
-  "postgres": { "conninfo": "host=127.0.0.1 port=$PG_PORT dbname=paygate user=paygate"${BENCH_PG_POOL:+, \"pool_size\": $BENCH_PG_POOL}${BENCH_PG_PIPELINE:+, \"max_pipeline\": $BENCH_PG_PIPELINE} },
+  "postgres": { "conninfo": "host=127.0.0.1 port=$PG_PORT dbname=paygate user=paygate"${BENCH_PG_POOL:+, \"pool_size\": $BENCH_PG_POOL}${BENCH_PG_PIPELINE:+, \"max_pipeline\": $BENCH_PG_PIPELINE}${BENCH_PG_BATCH_INFLIGHT:+, \"batch_inflight\": $BENCH_PG_BATCH_INFLIGHT} },
   "redis": { "host": "127.0.0.1", "port": $REDIS_PORT },
   "channels": {
     "dir": "$WORK/channels",

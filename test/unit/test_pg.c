@@ -1580,6 +1580,71 @@ static void test_batch_in_flight(void **state)
     assert_int_equal(pending_running, N);
 }
 
+/* postgres.batch_inflight: with a batch of a statement in flight, the jobs
+ * of that statement queued meanwhile — one per loop turn, which alone would
+ * each go out by itself — wait, and go out together as the next batch when
+ * it returns (group commit).  Without the limit the same submissions go out
+ * one by one.  Other statements are not held. */
+static void batch_cap_run(int cap, uint64_t *nb, uint64_t *nj, int *ntx, int *late_ok)
+{
+    enum { LATE = 10 };
+    bsql_t s;
+    bsql_create(&s, "bcap", B_SLOW, 0.4);
+    gw_pg_opts_t o = { .conninfo = conninfo, .pool_size = 4, .max_pipeline = 8, .max_queue = 1000,
+                       .reconnect_min_ms = 50, .reconnect_max_ms = 400, .batch_inflight = cap };
+    gw_pg_t *pg = gw_pg_new(&loop, &o);
+    assert_non_null(pg);
+    assert_int_equal(gw_pg_prepare(pg, s.one, s.one_sql), GW_OK);
+    assert_int_equal(gw_pg_prepare(pg, s.many, s.many_sql), GW_OK);
+    assert_int_equal(gw_pg_batchable(pg, s.one, s.many, 1u, 64), GW_OK);
+    start_and_wait(pg);
+
+    bjob_t j[2 + LATE];
+    assert_int_equal(bjob_submit(pg, s.one, &j[0], 0, "a", 0), GW_OK);
+    assert_int_equal(bjob_submit(pg, s.one, &j[1], 1, "b", 0), GW_OK);
+    wait_active(s.many, 1); /* the first batch (two jobs, 0.4 s) is running */
+    rec_t other;
+    memset(&other, 0, sizeof(other));
+    for (int k = 2; k < 2 + LATE; k++) {
+        assert_int_equal(bjob_submit(pg, s.one, &j[k], k, "late", 0), GW_OK);
+        run_for(5);
+    }
+    /* another statement is not held behind the batch */
+    assert_int_equal(gw_pg_exec_sql(pg, "SELECT 21 * 2", 0, NULL, rec_cb, &other), GW_OK);
+    wait_recs(&other, 1, 300);
+    wait_bjobs(j, 2 + LATE, 10000);
+    run_for(50);
+    gw_pg_batch_counts(pg, nb, nj);
+    *ntx = side_int("SELECT count(DISTINCT tx) FROM %s", s.tbl);
+    *late_ok = side_int("SELECT count(*) FROM %s WHERE k >= 2 AND v = 'late'", s.tbl);
+    close_pool(pg);
+    bsql_drop(&s);
+    for (int k = 0; k < 2 + LATE; k++) {
+        assert_int_equal(j[k].calls, 1);
+        if (j[k].err != GW_OK) fail_msg("job %d: %s", k, gw_err_name(j[k].err));
+    }
+    assert_int_equal(other.calls, 1);
+}
+
+static void test_batch_inflight_cap(void **state)
+{
+    (void)state;
+    need_env();
+    uint64_t nb, nj;
+    int ntx, late;
+    batch_cap_run(1, &nb, &nj, &ntx, &late);
+    assert_int_equal(late, 10);
+    assert_int_equal(nb, 2);   /* the first two, then the ten held */
+    assert_int_equal(nj, 12);
+    assert_int_equal(ntx, 2);
+    /* the control: no limit, each late job goes out in its own turn */
+    batch_cap_run(0, &nb, &nj, &ntx, &late);
+    assert_int_equal(late, 10);
+    assert_int_equal(nb, 1);
+    assert_int_equal(nj, 2);
+    assert_int_equal(ntx, 11);
+}
+
 /* gw_pg_close with a batch in flight and batchable jobs queued: the queued
  * ones GW_ECANCELED at once, the batch's members complete, then done. */
 static void test_batch_close(void **state)
@@ -1704,6 +1769,7 @@ int main(void)
         cmocka_unit_test(test_batch_unique_violation),
         cmocka_unit_test(test_batch_args),
         cmocka_unit_test(test_batch_in_flight),
+        cmocka_unit_test(test_batch_inflight_cap),
         cmocka_unit_test(test_batch_close),
         cmocka_unit_test(test_batch_null_index),
         cmocka_unit_test(test_batch_values),
