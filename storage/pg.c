@@ -908,16 +908,17 @@ static void dispatch(gw_pg_t *pg)
     int sent = 0;
     pg_list_t held = { 0 }; /* batchable jobs over batch_inflight: back in front, in order */
     while (pg->queue.head) {
+        pg_job_t *j = pg->queue.head;
+        int batchable = j->stmt_idx >= 0 && pg->stmts[j->stmt_idx].batch >= 0 && !j->nobatch;
+        if (batchable && pg->batch_inflight > 0 &&
+            pg->stmts[j->stmt_idx].inflight >= pg->batch_inflight) {
+            list_push(&held, list_pop(&pg->queue)); /* no connection needed to hold it */
+            continue;
+        }
         pg_conn_t *c = least_loaded(pg);
         if (c == NULL) break;
-        pg_job_t *j = list_pop(&pg->queue);
-        if (j->stmt_idx >= 0 && pg->stmts[j->stmt_idx].batch >= 0 && !j->nobatch) {
-            if (pg->batch_inflight > 0 && pg->stmts[j->stmt_idx].inflight >= pg->batch_inflight) {
-                list_push(&held, j);
-                continue;
-            }
-            j = batch_gather(pg, j);
-        }
+        j = list_pop(&pg->queue);
+        if (batchable) j = batch_gather(pg, j);
         if (conn_send(c, j) == 0) sent = 1;
     }
     if (held.head) { /* in front of what is left, in their order */
