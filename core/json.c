@@ -34,8 +34,8 @@ static inline gw_err_t put(gw_buf_t *b, const void *p, size_t n)
 
 /* cJSON's print_number: "%1.15g", or "%1.17g" when 15 digits do not read
  * back within DBL_EPSILON (relative) of the double; NaN and infinities as
- * null.  An integral value
- * below 1e15 is what "%1.15g" prints for it: its decimal digits. */
+ * null.  For an integral value below 1e15 (not -0), "%1.15g" prints its
+ * decimal digits, written here directly. */
 static gw_err_t write_number(gw_buf_t *b, double d)
 {
     char tmp[32];
@@ -200,19 +200,6 @@ typedef struct {
 
 static __thread ja_cache_t ja_cache;
 
-static void ja_trim(ja_cache_t *c)
-{
-    for (int k = 0; k < JA_CLASSES; k++) {
-        while (c->head[k]) {
-            ja_free_block_t *b = c->head[k];
-            JA_UNPOISON(b, (size_t)(k + 1) * 16);
-            c->head[k] = b->next;
-            free((char *)b - JA_HDR);
-        }
-        c->n[k] = 0;
-    }
-}
-
 static void *ja_malloc(size_t n)
 {
     size_t k = n ? (n - 1) >> 4 : 0;
@@ -262,7 +249,16 @@ void gw_json_alloc_init(void)
 
 void gw_json_alloc_trim(void)
 {
-    ja_trim(&ja_cache);
+    ja_cache_t *c = &ja_cache;
+    for (int k = 0; k < JA_CLASSES; k++) {
+        while (c->head[k]) {
+            ja_free_block_t *b = c->head[k];
+            JA_UNPOISON(b, (size_t)(k + 1) * 16);
+            c->head[k] = b->next;
+            free((char *)b - JA_HDR);
+        }
+        c->n[k] = 0;
+    }
 }
 
 size_t gw_json_alloc_cached(void)
