@@ -698,13 +698,41 @@ static void transition_send(api_req_t *a)
     if (rc != GW_OK) transition_cb(a, rc, NULL);
 }
 
+/* The customer pays on their own phone (QR code, in-app): the answer to
+ * the create is PENDING and a notification the usual end. */
+static int is_ctob(const cJSON *order)
+{
+    uint32_t bit = gw_method_bit(jstr(order, "method"));
+    return bit != 0 && bit != GW_METHOD_BARCODE;
+}
+
+/* When a new order is first looked at by the follow-up tasks.  A c-to-b
+ * order's first check is fixed here, at the later of the two graces
+ * (created_grace_s leaves a channel call in progress alone,
+ * pending_grace_s gives the customer time to scan), and its first
+ * transition to PENDING keeps it: that update then changes no indexed
+ * column and stays on its page — a HOT update, no new index entries
+ * (migration 0017, docs/performance.md). */
+static uint32_t first_check_ms(gw_app_t *app, const cJSON *order)
+{
+    uint32_t ms = gw_tasks_first_check_ms(app, NULL, "CREATED");
+    if (is_ctob(order)) {
+        uint32_t pending = gw_tasks_first_check_ms(app, NULL, "PENDING");
+        if (pending > ms) ms = pending;
+    }
+    return ms;
+}
+
 /* Moves the order from one of from_states ("{A,B}") to to; then after(). */
 static void order_transition(api_req_t *a, const char *from_states, const char *to,
                              const gw_chan_result_t *res, after_fn after)
 {
     cJSON *p = cJSON_CreateObject();
-    cJSON_AddNumberToObject(p, "next_check_ms",
-                            gw_tasks_first_check_ms(a->app, gw_jstr(a->order, "channel"), to));
+    /* a c-to-b order keeps the first check its creation fixed (first_check_ms) */
+    int keep = strcmp(from_states, "{CREATED}") == 0 && strcmp(to, "PENDING") == 0 && is_ctob(a->order);
+    if (!keep)
+        cJSON_AddNumberToObject(p, "next_check_ms",
+                                gw_tasks_first_check_ms(a->app, gw_jstr(a->order, "channel"), to));
     if (res) {
         if (res->channel_trade_no[0]) cJSON_AddStringToObject(p, "channel_trade_no", res->channel_trade_no);
         if (res->raw_code[0]) cJSON_AddStringToObject(p, "channel_code", res->raw_code);
@@ -905,7 +933,7 @@ static void create_with_sub(api_req_t *a, const char *channel)
     cJSON_AddNumberToObject(p, "sub_merchant_id", (double)jint(a->sub, "sub_merchant_id"));
     cJSON_AddStringToObject(p, "channel_mch_id", jstr(a->sub, "mch_id") ? jstr(a->sub, "mch_id") : "");
     cJSON_AddStringToObject(p, "request_hash", jstr(a->body, "__hash"));
-    cJSON_AddNumberToObject(p, "next_check_ms", gw_tasks_first_check_ms(a->app, NULL, "CREATED"));
+    cJSON_AddNumberToObject(p, "next_check_ms", first_check_ms(a->app, a->body));
     /* the order is ours until the channel answered (or could have) */
     if (a->app->tasks) {
         cJSON_AddNumberToObject(p, "lease_ms", a->app->cfg.channels.call_timeout_ms * 2 + 5000);

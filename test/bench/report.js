@@ -49,7 +49,8 @@ const pgo4 = rows.find((r) => r.phase === 'pgbench_orders' && r.clients === 4);
 const pg4 = pgb(4);
 const pgBest = Math.max(...rows.filter((r) => r.phase === 'pgbench').map((r) => r.tps), 0) || undefined;
 const lat = (r) => (r ? `${n2(r.p50_ms)} / ${n2(r.p99_ms)} / ${n2(r.p999_ms)}` : '–');
-const pgs = (r) => (r && r.pg ? `; PG ${n0(r.pg.commits_per_s)} transactions/s, ${n0(r.pg.wal_syncs_per_s)} WAL flushes/s (${n2(r.pg.commits_per_sync)} transactions/flush)` : '');
+const pgs = (r) => (r && r.pg ? `; PG ${n0(r.pg.commits_per_s)} transactions/s, ${n0(r.pg.wal_syncs_per_s)} WAL flushes/s (${n2(r.pg.commits_per_sync)} transactions/flush)` +
+  (r.pg.order_updates_per_s ? `, ${n0(r.pg.order_updates_hot_pct)} % of ${n0(r.pg.order_updates_per_s)} order updates/s HOT` : '') : '');
 const bad = (r) => (r && r.bad ? ` (${n0(r.bad)} bad: ${JSON.stringify(r.status)})` : '');
 
 if (bare) out.push(`| ceiling: bare HTTP, one libuv loop (${bare.conns} conns) | ${n0(bare.rate)} req/s | ${lat(bare)} | | ${cpu(bare)} | ${bare.loadavg_end} |`);

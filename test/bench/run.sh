@@ -34,7 +34,8 @@
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
 # callgrind during ctob; needs valgrind; use BENCH_CONNS=8),
-# BENCH_PG_SHARED_BUFFERS (256MB), BENCH_LOG_LEVEL (warn), BENCH_PRELOAD
+# BENCH_SUBS (the fast shop's sub-merchants, 3; 1 means no rotation
+# counter per order), BENCH_PG_SHARED_BUFFERS (256MB), BENCH_LOG_LEVEL (warn), BENCH_PRELOAD
 # (LD_PRELOAD for paygated: a diagnostic), BENCH_PG_PIPELINE=N (postgres.max_pipeline:
 # a diagnostic), BENCH_PG_BATCH_INFLIGHT=N (postgres.batch_inflight), BENCH_SQL (SQL run as the
 # superuser before the phases: a diagnostic), BENCH_KEEP=1
@@ -176,12 +177,15 @@ fi
 # PostgreSQL's own view of a phase: commits and WAL flushes (pg_stat_wal,
 # PostgreSQL 14+): commits per flush is how much group commit helped.
 pg_snap() {
-  "${PSQL[@]}" -tAc "SELECT (SELECT sum(xact_commit) FROM pg_stat_database) || ' ' || wal_sync || ' ' || wal_write || ' ' || wal_bytes FROM pg_stat_wal" 2>/dev/null || echo "0 0 0 0"
+  # commits, WAL flushes, writes, bytes; the orders table's updates and HOT updates
+  "${PSQL[@]}" -tAc "SELECT (SELECT sum(xact_commit) FROM pg_stat_database) || ' ' || wal_sync || ' ' || wal_write || ' ' || wal_bytes
+      || ' ' || (SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders') FROM pg_stat_wal" 2>/dev/null || echo "0 0 0 0 0 0"
 }
 pg_delta() { # snap_before snap_after seconds -> json fragment
   local a=($1) b=($2) sec=$3
-  awk -v c0="${a[0]}" -v s0="${a[1]}" -v w0="${a[2]}" -v b0="${a[3]}" -v c1="${b[0]}" -v s1="${b[1]}" -v w1="${b[2]}" -v b1="${b[3]}" -v t="$sec" \
-    'BEGIN { c=c1-c0; s=s1-s0; printf "\"pg\":{\"commits_per_s\":%.0f,\"wal_syncs_per_s\":%.0f,\"wal_writes_per_s\":%.0f,\"commits_per_sync\":%.2f,\"wal_kb_per_s\":%.0f}", c/t, s/t, (w1-w0)/t, (s>0?c/s:0), (b1-b0)/1024/t }'
+  awk -v c0="${a[0]}" -v s0="${a[1]}" -v w0="${a[2]}" -v b0="${a[3]}" -v c1="${b[0]}" -v s1="${b[1]}" -v w1="${b[2]}" -v b1="${b[3]}" \
+      -v u0="${a[4]:-0}" -v h0="${a[5]:-0}" -v u1="${b[4]:-0}" -v h1="${b[5]:-0}" -v t="$sec" \
+    'BEGIN { c=c1-c0; s=s1-s0; u=u1-u0; printf "\"pg\":{\"commits_per_s\":%.0f,\"wal_syncs_per_s\":%.0f,\"wal_writes_per_s\":%.0f,\"commits_per_sync\":%.2f,\"wal_kb_per_s\":%.0f,\"order_updates_per_s\":%.0f,\"order_updates_hot_pct\":%.0f}", c/t, s/t, (w1-w0)/t, (s>0?c/s:0), (b1-b0)/1024/t, u/t, (u>0?(h1-h0)*100/u:0) }'
 }
 
 phase_json() { # name json [extra json fragment] -> results
@@ -331,7 +335,7 @@ adm PUT /admin/merchants/bm1 "{\"name\":\"Bench merchant\",\"secret\":\"$SECRET\
 adm PUT /admin/shops/bs1 '{"merchant_id":"bm1","name":"fast shop (Swiftpass)"}' >/dev/null
 adm PUT /admin/shops/bs2 '{"merchant_id":"bm1","name":"slow shop (mock channel)"}' >/dev/null
 SUBS=""
-for mch in 755437100001 755437100002 755437100003; do
+for mch in $(seq 755437100001 $((755437100000 + ${BENCH_SUBS:-3}))); do
   id=$(adm POST /admin/sub-merchants "{\"channel\":\"swiftpass\",\"mch_id\":\"$mch\",\"key\":\"bench-md5-key-$mch\"}" |
        sed -n 's/.*"id":\([0-9]*\).*/\1/p')
   SUBS="$SUBS${SUBS:+,}$id"

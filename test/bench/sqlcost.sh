@@ -27,8 +27,8 @@ sqlcost_run() { # kind batch units -> ms per unit (stdout)
   local order_arg="jsonb_build_object('merchant_id', 'bm1', 'shop_id', 'bs1', 'out_trade_no', '$tag-' || i,
       'amount', 100, 'subject', '$tag', 'method', 'wechat_qr', 'channel', 'swiftpass',
       'sub_merchant_id', $SUB1, 'channel_mch_id', '755437100001', 'request_hash', 'bench',
-      'client_ip', '127.0.0.1', 'next_check_ms', 30000, 'lease_ms', 10000, 'lease_owner', 'sqlcost')"
-  local patch='{"next_check_ms": 60000, "channel_code": "SUCCESS", "pay_data": {"code_url": "weixin://wxpay/bizpayurl?pr=sqlcost", "code_img_url": "https://stub.invalid/qr/1"}}'
+      'client_ip', '127.0.0.1', 'next_check_ms', 60000, 'lease_ms', 10000, 'lease_owner', 'sqlcost')"
+  local patch='{"channel_code": "SUCCESS", "pay_data": {"code_url": "weixin://wxpay/bizpayurl?pr=sqlcost", "code_img_url": "https://stub.invalid/qr/1"}}'
   local loop
   {
     echo "SET synchronous_commit = off; SET client_min_messages = warning;"
@@ -65,8 +65,13 @@ sqlcost_run() { # kind batch units -> ms per unit (stdout)
     echo "DO \$\$ DECLARE ids bigint[]; BEGIN FOR it IN 0..$(( its - 1 )) LOOP $loop END LOOP; END \$\$;"
     echo "SELECT $SQLCOST_CPU - :t0;"
   } > "$WORK/sqlcost-$kind-$b.sql"
-  local ticks
+  local ticks upd0 upd1
+  upd0=$(sqlcost_psql -c "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders'")
   ticks=$(sqlcost_psql -f "$WORK/sqlcost-$kind-$b.sql" | tail -1)
+  # how many of the orders' updates were HOT (no new index entries; 0017)
+  upd1=$(sqlcost_psql -c "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders'")
+  say "  sqlcost: $kind batch $b: $(awk -v a="$upd0" -v b="$upd1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        printf "%d of %d order updates HOT", y[2] - x[2], y[1] - x[1] }')" >&2
   # the units really went through: every order PENDING / SUCCESS
   local want=PENDING done
   [ "$kind" = notify ] && want=SUCCESS

@@ -270,6 +270,51 @@ test('a burst of c-to-b creates: repeats, conflicts, fees and the first transiti
   assert.ok(d.jobs >= 10, `fewer than 10 jobs went in batches: ${JSON.stringify(d)}`);
 });
 
+/* The orders table's update counters (PostgreSQL's statistics reach
+ * pg_stat_user_tables within a second or so of each transaction). */
+const updCounters = () => {
+  const [upd, hot] = psql(`SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders'`)
+    .split(' ').map(Number);
+  return { upd, hot };
+};
+
+test('a c-to-b order\'s first check is fixed when it is created; its first transition is a HOT update (0017)', async () => {
+  // the due index names next_check_at only (status is not in its predicate)
+  const def = psql(`SELECT indexdef FROM pg_indexes WHERE indexname = 'orders_due_idx'`);
+  assert.match(def, /WHERE \(next_check_at IS NOT NULL\)$/, def);
+  assert.match(psql(`SELECT reloptions::text FROM pg_class WHERE relname = 'orders'`), /fillfactor=70/);
+
+  const before = updCounters();
+  const bodies = Array.from({ length: 8 }, (_, i) => ({
+    shop_id: 's1', out_trade_no: otn('H'), amount: 200 + i, subject: `HOT ${i}`, method: i % 2 ? 'alipay_qr' : 'wechat_qr',
+  }));
+  const res = await burst(bodies.map((b) => () => shop.call('POST', '/v1/orders', b, { timeoutMs: 30000 })));
+  res.forEach((r) => assert.equal(r.status, 200, r.body));
+  // the later of created_grace_s (30) and pending_grace_s (60), counted from
+  // the creation (created_at and next_check_at are both the insert's now())
+  // and kept by the transition to PENDING
+  const got = rows(`SELECT id, status, extract(epoch FROM next_check_at - created_at)::float8 AS first_check_s
+                      FROM orders WHERE out_trade_no = ANY (${lit(bodies.map((b) => b.out_trade_no))})`);
+  assert.equal(got.length, bodies.length);
+  for (const o of got) {
+    assert.equal(o.status, 'PENDING', JSON.stringify(o));
+    assert.equal(o.first_check_s, 60, JSON.stringify(o));
+  }
+  const ev = eventsOf(got.map((o) => o.id));
+  for (const o of got) assert.equal(ev.get(Number(o.id)), 'null>CREATED:api,CREATED>PENDING:channel');
+  // one update per order (the first transition), each of them HOT: no
+  // indexed column changed.  (Before 0017 none was: status and
+  // next_check_at were in orders_due_idx.)  Other updates meanwhile, if any,
+  // only add to both counts.
+  let after = updCounters();
+  for (let i = 0; i < 50 && after.upd - before.upd < bodies.length; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    after = updCounters();
+  }
+  assert.ok(after.upd - before.upd >= bodies.length, `updates counted: ${JSON.stringify({ before, after })}`);
+  assert.ok(after.hot - before.hot >= bodies.length, `HOT updates: ${JSON.stringify({ before, after })}`);
+});
+
 test('a burst of b-to-c immediate successes: one SUCCESS event and one order.paid each', async (t) => {
   const N = 30;
   // the simulator's own notifications for these payments are dropped, so
