@@ -107,6 +107,32 @@ test('rotation: one customer\'s consecutive payments use the three sub-merchants
   assert.equal(psql(`SELECT channel_mch_id FROM orders WHERE trade_no = '${other.json.trade_no}'`), seen[0]);
 });
 
+test('the rotation counter goes to Redis with the nonce: a replayed create is refused and only moves the rotation on', async () => {
+  const redis = (...args) => execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(services.redis.port), ...args],
+    { encoding: 'utf8' }).trim();
+  const key = 'gw:rot:s1:barcode:swiftpass:cust-5';
+  const mch = (r) => psql(`SELECT channel_mch_id FROM orders WHERE trade_no = '${r.json.trade_no}'`);
+  const first = await m.call('POST', '/v1/orders', barcode('s1', { customer_id: 'cust-5' }));
+  assert.equal(first.json.status, 'SUCCESS', first.body);
+  assert.equal(redis('GET', key), '1');
+  // the shop's routes are cached now, so the next create asks for the
+  // counter in the nonce's round trip, before its nonce is known to be new
+  const body = barcode('s1', { customer_id: 'cust-5' });
+  const second = await m.call('POST', '/v1/orders', body);
+  assert.equal(second.json.status, 'SUCCESS', second.body);
+  assert.notEqual(mch(second), mch(first));
+  const replay = await m.call('POST', '/v1/orders', body, { nonce: second.nonce, ts: second.ts });
+  assert.equal(replay.status, 401, replay.body);
+  assert.equal(replay.json.error.code, 'replayed_request');
+  assert.equal(psql(`SELECT count(*) FROM orders WHERE out_trade_no = '${body.out_trade_no}'`), '1');
+  // the refused request used a number: 1, 2, 3 (refused), 4 → the first's sub-merchant
+  assert.equal(redis('GET', key), '3');
+  const fourth = await m.call('POST', '/v1/orders', barcode('s1', { customer_id: 'cust-5' }));
+  assert.equal(fourth.json.status, 'SUCCESS', fourth.body);
+  assert.equal(mch(fourth), mch(first));
+  assert.equal(redis('GET', key), '4');
+});
+
 test('rotation is shared by two gateway processes', async () => {
   const gw2 = await h.startPaygated({ services, config: gwConfig({ tasks: { node_id: 'two' } }) });
   try {
