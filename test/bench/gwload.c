@@ -25,7 +25,11 @@
  * (after a bad answer a connection waits N ms before its next request, as a
  * merchant that backs off; default 0), --ramp-ms N (connection i sends its
  * first request after i/conns × N ms: with a slow server the closed loops then
- * stay spread out instead of all answering at once).
+ * stay spread out instead of all answering at once), --rate N (an open
+ * loop: N requests a second on a fixed schedule, each sent on a free
+ * connection of the --conns pool as soon as one is free; its latency counts
+ * from when it was due, so time spent waiting for a connection — the
+ * server falling behind — is in the percentiles, as in wrk2).
  *
  * Output: one JSON object on stdout (rate, latency percentiles over every
  * good request of the window, status counts, CPU per watched process, the
@@ -65,6 +69,7 @@ static struct {
     const char *merchants; /* sp-stub: mch:key,mch:key */
     double backoff_ms;     /* pause after a bad answer */
     double ramp_ms;        /* connection i sends its first request at i/conns of this */
+    double rate;           /* > 0: open loop at this many requests a second */
     int rss_pid;
     int max_connecting;
 } opt = {
@@ -290,9 +295,15 @@ static struct {
     uint64_t wrapped;
     /* cpu */
     unsigned long long self0, self1, busy0, busy1, tot0, tot1;
+    long long sys0[2], sys1[2]; /* --rss-pid's read/write system calls, its main thread's context switches */
     char load0[48], load1[48];
     /* idle */
     int open_conns, connecting, answered, next_to_open, ready_written;
+    /* --rate: requests due so far, requests sent, free connections */
+    uint64_t due, sent;
+    conn_t **free_conns;
+    int nfree;
+    uv_timer_t pace_timer;
 } R;
 
 struct conn {
@@ -305,12 +316,14 @@ struct conn {
     int busy;      /* a request is in flight */
     int answered;  /* idle mode: got its one answer */
     int ramped;    /* --ramp-ms: the first request was delayed */
+    int in_free;   /* --rate: in R.free_conns */
     buf_t out, in;
     uint64_t sent_ns;
 };
 
 static void conn_start(conn_t *c);
 static void conn_send(conn_t *c);
+static void conn_free(conn_t *c);
 
 /* --- request builders --- */
 
@@ -573,7 +586,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
             continue;
         }
         if (R.phase >= 2) return;
-        if (!ok && opt.backoff_ms > 0) uv_timer_start(&c->retry, on_retry, (uint64_t)opt.backoff_ms, 0);
+        if (opt.rate > 0) conn_free(c);
+        else if (!ok && opt.backoff_ms > 0) uv_timer_start(&c->retry, on_retry, (uint64_t)opt.backoff_ms, 0);
         else conn_send(c);
     }
 }
@@ -583,15 +597,45 @@ static void on_written(uv_write_t *w, int status)
     if (status < 0) conn_lost(w->data, uv_strerror(status));
 }
 
+/* The n-th request of the open loop is due at this time. */
+static uint64_t due_ns(uint64_t n) { return R.t_start + (uint64_t)((double)n * 1e9 / opt.rate); }
+
 static void conn_send(conn_t *c)
 {
     build_request(&c->out);
     c->busy = 1;
-    c->sent_ns = now_ns();
+    c->sent_ns = opt.rate > 0 ? due_ns(R.sent++) : now_ns();
     uv_buf_t b = uv_buf_init(c->out.p, (unsigned)c->out.len);
     c->wreq.data = c;
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (rc != 0) conn_lost(c, uv_strerror(rc));
+}
+
+/* Open loop: the requests that are due go out on free connections. */
+static void pace(void)
+{
+    while (R.sent < R.due && R.nfree > 0 && R.phase < 2) {
+        conn_t *c = R.free_conns[--R.nfree];
+        c->in_free = 0;
+        /* lost while free: it comes back through on_connect */
+        if (c->open && !c->busy && !uv_is_closing((uv_handle_t *)&c->tcp)) conn_send(c);
+    }
+}
+
+static void conn_free(conn_t *c)
+{
+    if (!c->in_free) {
+        c->in_free = 1;
+        R.free_conns[R.nfree++] = c;
+    }
+    pace();
+}
+
+static void on_pace(uv_timer_t *t)
+{
+    (void)t;
+    R.due = (uint64_t)((double)(now_ns() - R.t_start) * opt.rate / 1e9);
+    pace();
 }
 
 static void open_more(void);
@@ -606,7 +650,9 @@ static void on_connect(uv_connect_t *r, int status)
         return;
     }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    if (opt.ramp_ms > 0 && !c->ramped) { /* spread the first requests (a closed loop keeps the phase) */
+    if (opt.rate > 0) {
+        if (R.phase < 2) conn_free(c);
+    } else if (opt.ramp_ms > 0 && !c->ramped) { /* spread the first requests (a closed loop keeps the phase) */
         c->ramped = 1;
         uv_timer_start(&c->retry, on_retry, (uint64_t)(opt.ramp_ms * c->idx / (opt.conns > 0 ? opt.conns : 1)), 0);
     } else if (R.phase < 2) conn_send(c);
@@ -642,8 +688,32 @@ static void open_more(void)
 
 /* --- phases --- */
 
+/* A process's read- and write-type system calls (/proc/<pid>/io syscr +
+ * syscw: read, recv, write, send, writev …; not epoll) and its main
+ * thread's context switches (voluntary + involuntary): a diagnostic of how
+ * many of each a request costs paygated. */
+static void sys_sample(int pid, long long out[2])
+{
+    char path[64];
+    out[0] = out[1] = -1;
+    if (pid <= 0) return;
+    snprintf(path, sizeof(path), "/proc/%d/io", pid);
+    FILE *f = fopen(path, "r");
+    char line[128];
+    long long v;
+    if (f) {
+        out[0] = 0;
+        while (fgets(line, sizeof(line), f))
+            if (sscanf(line, "syscr: %lld", &v) == 1 || sscanf(line, "syscw: %lld", &v) == 1) out[0] += v;
+        fclose(f);
+    }
+    long a = rss_kb(pid, "voluntary_ctxt_switches"), b = rss_kb(pid, "nonvoluntary_ctxt_switches");
+    if (a >= 0 && b >= 0) out[1] = a + b;
+}
+
 static void cpu_sample(int end)
 {
+    sys_sample(opt.rss_pid, end ? R.sys1 : R.sys0);
     for (int i = 0; i < nwatches; i++) {
         unsigned long long t = watch_ticks(&watches[i]);
         if (end) watches[i].t1 = t;
@@ -672,6 +742,7 @@ static void close_all(void)
     uv_close((uv_handle_t *)&R.end_timer, NULL);
     uv_close((uv_handle_t *)&R.tick_timer, NULL);
     uv_close((uv_handle_t *)&R.hold_timer, NULL);
+    if (opt.rate > 0) uv_close((uv_handle_t *)&R.pace_timer, NULL);
 }
 
 static void on_warm(uv_timer_t *t)
@@ -758,6 +829,8 @@ static void report(void)
             }
         printf("}");
         if (opt.mode == M_NOTIFY) printf(",\"orders\":%zu,\"wrapped\":%" PRIu64, R.norders, R.wrapped);
+        if (opt.rate > 0) /* requests due but never sent: the server fell behind */
+            printf(",\"offered_rate\":%.1f,\"unsent_at_end\":%" PRIu64, opt.rate, R.due > R.sent ? R.due - R.sent : 0);
     }
     printf(",\"cpu_pct\":{");
     for (int i = 0; i < nwatches; i++)
@@ -769,6 +842,9 @@ static void report(void)
     printf(",\"loadavg_start\":\"%s\",\"loadavg_end\":\"%s\"", R.load0, R.load1);
     if (opt.rss_pid > 0)
         printf(",\"rss_kb\":%ld,\"hwm_kb\":%ld", rss_kb(opt.rss_pid, "VmRSS"), rss_kb(opt.rss_pid, "VmHWM"));
+    if (opt.rss_pid > 0 && R.sys0[0] >= 0 && R.sys1[0] >= 0 && R.good > 0)
+        printf(",\"rw_syscalls_per_req\":%.2f,\"ctx_switches_per_req\":%.3f",
+               (double)(R.sys1[0] - R.sys0[0]) / (double)R.good, (double)(R.sys1[1] - R.sys0[1]) / (double)R.good);
     printf("}\n");
     fflush(stdout);
 }
@@ -1161,6 +1237,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "merchants")) opt.merchants = v;
         else if (!strcmp(a, "backoff-ms")) opt.backoff_ms = atof(v);
         else if (!strcmp(a, "ramp-ms")) opt.ramp_ms = atof(v);
+        else if (!strcmp(a, "rate")) opt.rate = atof(v);
         else die("unknown option --%s", a);
     }
     if (opt.port <= 0) die("--port is required");
@@ -1213,6 +1290,12 @@ int main(int argc, char **argv)
     } else {
         uv_timer_start(&R.warm_timer, on_warm, (uint64_t)(opt.warmup * 1000), 0);
         uv_timer_start(&R.end_timer, on_end, (uint64_t)(opt.duration * 1000), 0);
+        if (opt.rate > 0) {
+            R.free_conns = calloc((size_t)opt.conns, sizeof(*R.free_conns));
+            if (R.free_conns == NULL) die("out of memory");
+            uv_timer_init(R.loop, &R.pace_timer);
+            uv_timer_start(&R.pace_timer, on_pace, 1, 1);
+        }
         for (int i = 0; i < opt.conns; i++) conn_start(&R.conns[i]);
     }
     uv_run(R.loop, UV_RUN_DEFAULT);

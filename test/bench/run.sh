@@ -19,7 +19,12 @@
 #   sqlcost    PostgreSQL CPU per c-to-b order and per notification in the
 #              batch functions, batches of 1, 10 and 30, in one backend
 #              (test/bench/sqlcost.sh; BENCH_SQLCOST_UNITS, 3000)
-#   ctob       c-to-b create through Swiftpass (wechat_qr)
+#   ctob       c-to-b create through Swiftpass (wechat_qr), BENCH_CONNS
+#              closed loops (each connection sends its next request when
+#              the last is answered)
+#   ctobrate   the same at a fixed offered rate (BENCH_RATE, 5000/s; an
+#              open loop on up to BENCH_RATE_CONNS connections, 256), each
+#              latency counted from when its request was due
 #   btoc       b-to-c create, immediate success (barcode)
 #   notify     Swiftpass payment notifications (MD5-signed) for PENDING orders
 #   slow       ctob again while the mock channel answers after 3 s with
@@ -28,15 +33,16 @@
 #
 # Environment: BENCH_DURATION (s per phase, 20), BENCH_WARMUP (3),
 # BENCH_CONNS (64), BENCH_SLOW_CONNS (200), BENCH_IDLE_CONNS (10000),
-# BENCH_NOTIFY_ORDERS (300000), BENCH_PHASES ("ceilings sqlcost ctob btoc
-# notify slow idle"), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
+# BENCH_NOTIFY_ORDERS (300000), BENCH_PHASES ("ceilings sqlcost ctob ctobrate
+# btoc notify slow idle"), BENCH_RATE (5000), BENCH_RATE_CONNS (256), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
 # paygated's own), BENCH_SYNC_COMMIT=off (a diagnostic, marked as such, never
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
 # callgrind during ctob; needs valgrind; use BENCH_CONNS=8),
 # BENCH_SUBS (the fast shop's sub-merchants, 3; 1 means no rotation
 # counter per order), BENCH_PG_SHARED_BUFFERS (256MB), BENCH_LOG_LEVEL (warn), BENCH_PRELOAD
-# (LD_PRELOAD for paygated: a diagnostic), BENCH_PG_PIPELINE=N (postgres.max_pipeline:
+# (LD_PRELOAD for paygated: a diagnostic), BENCH_GLIBC_TUNABLES (for paygated: a
+# diagnostic), BENCH_PG_PIPELINE=N (postgres.max_pipeline:
 # a diagnostic), BENCH_PG_BATCH_INFLIGHT=N (postgres.batch_inflight), BENCH_SQL (SQL run as the
 # superuser before the phases: a diagnostic), BENCH_KEEP=1
 # (keep the temp directory and services).
@@ -52,9 +58,11 @@ DUR=${BENCH_DURATION:-20}
 WARM=${BENCH_WARMUP:-3}
 CONNS=${BENCH_CONNS:-64}
 SLOW_CONNS=${BENCH_SLOW_CONNS:-200}
+RATE=${BENCH_RATE:-5000}
+RATE_CONNS=${BENCH_RATE_CONNS:-256}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-300000}
-PHASES=" ${BENCH_PHASES:-ceilings sqlcost ctob btoc notify slow idle} "
+PHASES=" ${BENCH_PHASES:-ceilings sqlcost ctob ctobrate btoc notify slow idle} "
 SECRET=bench-merchant-secret-0123456789
 MOCK_KEY=bench-mock-key-0123456789
 ADMIN_TOKEN=bench-admin-token-0123456789
@@ -320,10 +328,10 @@ if [ -n "${BENCH_CALLGRIND:-}" ]; then
   # instruction counts instead of timings: paygated under callgrind (about
   # 50x slower: use few connections); counters are zeroed after the warm-up
   # and dumped after the c-to-b phase
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
+  GLIBC_TUNABLES=${BENCH_GLIBC_TUNABLES:-} valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
     "$BIN" -c "$WORK/paygated.json" 2> "$WORK/paygated.log" &
 else
-  LD_PRELOAD=${BENCH_PRELOAD:-} "$BIN" -c "$WORK/paygated.json" 2> "$WORK/paygated.log" &
+  LD_PRELOAD=${BENCH_PRELOAD:-} GLIBC_TUNABLES=${BENCH_GLIBC_TUNABLES:-} "$BIN" -c "$WORK/paygated.json" 2> "$WORK/paygated.log" &
 fi
 PAYGATED_PID=$!
 wait_http "http://127.0.0.1:$GW_PORT/healthz" 300
@@ -461,6 +469,20 @@ if has_phase ctob; then
     set -e -o pipefail
     say "profiles: $OUT/perf-ctob-system.txt, $OUT/perf-ctob-paygated.txt, $OUT/pg-functions-ctob.txt, $OUT/syscalls-ctob.txt"
   fi
+fi
+
+# ---------------------------------------------------------------- ctobrate
+# The target read directly: 5 000 orders/s offered on a fixed schedule
+# (an open loop: a request is due every 0.2 ms whether or not the earlier
+# ones were answered), on a pool of RATE_CONNS connections; each latency
+# counts from when the request was due, so falling behind shows in p99.
+if has_phase ctobrate; then
+  settle
+  say "c-to-b at a fixed $RATE orders/s offered (open loop, up to $RATE_CONNS connections), $DUR s"
+  s0=$(pg_snap); t0=$(date +%s.%N)
+  j=$(create bs1 wechat_qr ctobrate --rate "$RATE" --conns "$RATE_CONNS")
+  s1=$(pg_snap); t1=$(date +%s.%N)
+  phase_json ctobrate "$j" "$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")"
 fi
 
 # ---------------------------------------------------------------- btoc
