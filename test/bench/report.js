@@ -95,6 +95,10 @@ if (cr) {
     `**${n0(cr.rate)} orders/s answered**${bad(cr)}; ${n0(cr.unsent_at_end)} due but unsent at the end; ${sysc(cr)}` +
     `RSS ${mb(cr.rss_kb)}${pgs(cr)} | ${lat(cr)} | ≥ 5 000/s, p99 < 50 ms${verdict(ok && cr.offered_rate >= 5000)} | ${cpu(cr)} | ${cr.loadavg_end} |`);
 }
+for (const sw of rows.filter((r) => r.phase === 'sweep')) {
+  out.push(`| c-to-b, ${sw.conns} connections (sweep) | ${n0(sw.rate)} orders/s${bad(sw)}; ${sysc(sw)}RSS ${mb(sw.rss_kb)} | ${lat(sw)} | ` +
+    `≥ 5 000/s, p99 < 50 ms${verdict(sw.rate >= 5000 && sw.p99_ms < 50)} | ${cpu(sw)} | ${sw.loadavg_end} |`);
+}
 const btoc = get('btoc');
 if (btoc) {
   out.push(`| b-to-c create, immediate success (${btoc.conns} conns) | ${n0(btoc.rate)} orders/s${bad(btoc)}; RSS ${mb(btoc.rss_kb)}; ` +
@@ -107,32 +111,33 @@ if (nt) {
   out.push(`| notification ingestion (${nt.conns} conns) | ${n0(nt.rate)} notifications/s${bad(nt)}; ` +
     `${pct(nt.rate / (pg4 && pg4.tps))} of pgbench -c 4${oc}${pgs(nt)} | ${lat(nt)} | ≥ 10 000/s${verdict(ok)} | ${cpu(nt)} | ${nt.loadavg_end} |`);
 }
-const sf = get('slow_fast');
-const sc = get('slow_channel');
-const sref1 = get('slow_ref');
-const sref2 = get('slow_ref2');
-if (sref1) {
-  out.push(`| c-to-b reference, right before the slow-channel run | ${n0(sref1.rate)} orders/s${bad(sref1)} | ${lat(sref1)} | | ${cpu(sref1)} | ${sref1.loadavg_end} |`);
+// The slow-channel comparison: every window with the slow load against
+// every reference window around them (before, between, after), by the
+// means (the box drifts between windows).  Older result files have one
+// window each way and the second reference as slow_ref2.
+const all = (phase) => rows.filter((r) => r.phase === phase);
+const mean = (rs, k) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
+const srefs = [...all('slow_ref'), ...all('slow_ref2')];
+const sfs = all('slow_fast');
+const scs = all('slow_channel');
+srefs.forEach((r, i) => out.push(`| c-to-b reference ${i + 1} of ${srefs.length} (${i === 0 ? 'before' : i === srefs.length - 1 ? 'after' : 'between'} the slow-channel windows) | ` +
+  `${n0(r.rate)} orders/s${bad(r)} | ${lat(r)} | | ${cpu(r)} | ${r.loadavg_end} |`));
+const sref = srefs.length ? { rate: mean(srefs, 'rate'), p99_ms: mean(srefs, 'p99_ms') } : ctob;
+sfs.forEach((sf, i) => {
+  const sc = scs[i];
+  out.push(`| c-to-b while the other channel takes 3 s (${sc ? sc.conns : '?'} in flight there), window ${i + 1} of ${sfs.length} | ` +
+    `${n0(sf.rate)} orders/s${bad(sf)} = ${pct(sref && sf.rate / sref.rate)} of the references' mean; p99 ${pct(sref && sf.p99_ms / sref.p99_ms)} of theirs | ` +
+    `${lat(sf)} | | ${cpu(sf)} | ${sf.loadavg_end} |`);
+  if (sc) out.push(`| … the slow channel meanwhile | ${n1(sc.rate)} orders/s${bad(sc)} | ${lat(sc)} | | | |`);
+});
+if (sfs.length && sref) {
+  const rel = mean(sfs, 'rate') / sref.rate;
+  const p99rel = mean(sfs, 'p99_ms') / sref.p99_ms;
+  const ok = rel >= 0.9 && p99rel <= 1.2;
+  out.push(`| **the fast channel with the slow one loaded** (${sfs.length} window(s) against ${srefs.length} reference(s)) | ` +
+    `**${pct(rel)} of the reference rate; p99 ${pct(p99rel)} of theirs** (means: ${n0(mean(sfs, 'rate'))} against ${n0(sref.rate)} orders/s, ` +
+    `p99 ${n1(mean(sfs, 'p99_ms'))} against ${n1(sref.p99_ms)} ms) | | ≥ 90 %, p99 ≤ 120 %${verdict(ok)} | | |`);
 }
-if (sref2) {
-  out.push(`| c-to-b reference, right after the slow-channel run | ${n0(sref2.rate)} orders/s${bad(sref2)} | ${lat(sref2)} | | ${cpu(sref2)} | ${sref2.loadavg_end} |`);
-}
-// the reference: the mean of the runs before and after (the box drifts
-// between windows), or the one there is, or the ctob phase
-const refs = [sref1, sref2].filter(Boolean);
-const sref = refs.length ? {
-  rate: refs.reduce((a, r) => a + r.rate, 0) / refs.length,
-  p99_ms: refs.reduce((a, r) => a + r.p99_ms, 0) / refs.length,
-} : ctob;
-if (sf) {
-  const rel = sref ? sf.rate / sref.rate : undefined;
-  const p99rel = sref ? sf.p99_ms / sref.p99_ms : undefined;
-  const ok = rel !== undefined ? rel >= 0.9 && p99rel <= 1.2 : undefined;
-  const what = refs.length === 2 ? 'the mean of the references before and after' : 'the reference';
-  out.push(`| c-to-b while the other channel takes 3 s (${sc ? sc.conns : '?'} in flight there) | ${n0(sf.rate)} orders/s${bad(sf)} = ` +
-    `${pct(rel)} of ${what}; p99 ${pct(p99rel)} of theirs | ${lat(sf)} | ≥ 90 %, p99 ≤ 120 %${verdict(ok)} | ${cpu(sf)} | ${sf.loadavg_end} |`);
-}
-if (sc) out.push(`| … the slow channel meanwhile | ${n1(sc.rate)} orders/s${bad(sc)} | ${lat(sc)} | | | |`);
 const idle = get('idle');
 if (idle) {
   const ok = idle.rss_kb < 100 * 1024;

@@ -25,10 +25,13 @@
 #   ctobrate   the same at a fixed offered rate (BENCH_RATE, 5000/s; an
 #              open loop on up to BENCH_RATE_CONNS connections, 256), each
 #              latency counted from when its request was due
+#   sweep      (not by default) ctob at each of BENCH_SWEEP_CONNS
+#              ("32 64 128 192 256") connections
 #   btoc       b-to-c create, immediate success (barcode)
 #   notify     Swiftpass payment notifications (MD5-signed) for PENDING orders
 #   slow       ctob again while the mock channel answers after 3 s with
-#              BENCH_SLOW_CONNS orders in flight on it
+#              BENCH_SLOW_CONNS orders in flight on it, BENCH_SLOW_ROUNDS
+#              (2) windows, against references before, between and after
 #   idle       BENCH_IDLE_CONNS idle keep-alive connections: paygated RSS
 #
 # Environment: BENCH_DURATION (s per phase, 20), BENCH_WARMUP (3),
@@ -58,6 +61,8 @@ DUR=${BENCH_DURATION:-20}
 WARM=${BENCH_WARMUP:-3}
 CONNS=${BENCH_CONNS:-64}
 SLOW_CONNS=${BENCH_SLOW_CONNS:-200}
+SLOW_ROUNDS=${BENCH_SLOW_ROUNDS:-2}
+SWEEP_CONNS=${BENCH_SWEEP_CONNS:-32 64 128 192 256}
 RATE=${BENCH_RATE:-5000}
 RATE_CONNS=${BENCH_RATE_CONNS:-256}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
@@ -485,6 +490,20 @@ if has_phase ctobrate; then
   phase_json ctobrate "$j" "$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")"
 fi
 
+# ---------------------------------------------------------------- sweep
+# The c-to-b closed loop at several connection counts: with one request in
+# flight per connection the rate is connections / latency, so the curve
+# shows where more concurrency stops buying rate and starts buying only
+# latency (not in the default phases: five more windows).
+if has_phase sweep; then
+  for c in $SWEEP_CONNS; do
+    settle
+    say "c-to-b create through Swiftpass: $c connections, $DUR s (sweep)"
+    j=$(create bs1 wechat_qr "sweep-$c" --conns "$c")
+    phase_json sweep "$j"
+  done
+fi
+
 # ---------------------------------------------------------------- btoc
 if has_phase btoc; then
   settle
@@ -521,31 +540,34 @@ fi
 
 # ---------------------------------------------------------------- slow
 if has_phase slow; then
-  # the reference is taken right before, not the ctob phase minutes earlier:
-  # on a shared box the neighbours' load changes faster than that
+  # The fast shop's rate and p99 with the slow load against references
+  # without it, taken right before, between and after (the box drifts by
+  # ±15 % from one 20-s window to the next: one window each way was a coin
+  # toss).  SLOW_ROUNDS windows with the slow load, SLOW_ROUNDS + 1
+  # references around them; the report compares the means.
   settle
   say "c-to-b reference run for the slow-channel comparison"
-  j=$(create bs1 wechat_qr slow-ref)
+  j=$(create bs1 wechat_qr slow-ref-0)
   phase_json slow_ref "$j"
-  settle
-  say "c-to-b while the mock channel answers after 3 s with $SLOW_CONNS orders in flight on it"
-  curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":3000}' >/dev/null
-  "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs2 --method wechat_qr \
-    --conns "$SLOW_CONNS" --duration $((DUR + 8)) --warmup 4 --expect '"status":"PENDING"' --tag slow-channel \
-    --max-connecting 50 --backoff-ms 1000 --ramp-ms 3000 > "$WORK/slow.json" &
-  SLOW_GEN=$!
-  sleep 4
-  j=$(create bs1 wechat_qr slow-fast)
-  phase_json slow_fast "$j"
-  wait "$SLOW_GEN" || true
-  phase_json slow_channel "$(cat "$WORK/slow.json")"
-  curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":0}' >/dev/null
-  # and again right after: on this shared box a single reference drifts by
-  # ±15 % between two windows; the report compares with the mean of both
-  settle
-  say "c-to-b reference run after the slow-channel run"
-  j=$(create bs1 wechat_qr slow-ref2)
-  phase_json slow_ref2 "$j"
+  for round in $(seq 1 "$SLOW_ROUNDS"); do
+    settle
+    say "c-to-b while the mock channel answers after 3 s with $SLOW_CONNS orders in flight on it ($round of $SLOW_ROUNDS)"
+    curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":3000}' >/dev/null
+    "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs2 --method wechat_qr \
+      --conns "$SLOW_CONNS" --duration $((DUR + 8)) --warmup 4 --expect '"status":"PENDING"' --tag "slow-channel-$round" \
+      --max-connecting 50 --backoff-ms 1000 --ramp-ms 3000 > "$WORK/slow.json" &
+    SLOW_GEN=$!
+    sleep 4
+    j=$(create bs1 wechat_qr "slow-fast-$round")
+    phase_json slow_fast "$j"
+    wait "$SLOW_GEN" || true
+    phase_json slow_channel "$(cat "$WORK/slow.json")"
+    curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":0}' >/dev/null
+    settle
+    say "c-to-b reference run after the slow-channel run ($round of $SLOW_ROUNDS)"
+    j=$(create bs1 wechat_qr "slow-ref-$round")
+    phase_json slow_ref "$j"
+  done
 fi
 
 # ---------------------------------------------------------------- idle
