@@ -174,6 +174,10 @@ say "starting PostgreSQL and Redis in $WORK/svc"
 SERVICES_QUIET=1 PG_SHARED_BUFFERS=${BENCH_PG_SHARED_BUFFERS:-256MB} bash test/lib/services.sh start "$WORK/svc" >/dev/null
 # shellcheck disable=SC1091
 . "$WORK/svc/services.env"
+# paygated reaches PostgreSQL over loopback TCP, or with BENCH_PG_UNIX=1 over
+# its Unix socket (the same machine either way)
+PG_HOST=127.0.0.1
+[ -z "${BENCH_PG_UNIX:-}" ] || PG_HOST=$WORK/svc/pg/sock
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
 PSQL=("$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U paygate -d paygate)
 postmaster_pid() { head -1 "$(readlink -f "$WORK/svc/pg")/data/postmaster.pid"; }
@@ -314,7 +318,7 @@ cat > "$WORK/paygated.json" <<EOF
   "admin": { "host": "127.0.0.1", "port": $ADMIN_PORT, "token": "$ADMIN_TOKEN" },
   "log_level": "${BENCH_LOG_LEVEL:-warn}",
   "http": { "max_connections": $((IDLE_CONNS + 2000)) },
-  "postgres": { "conninfo": "host=127.0.0.1 port=$PG_PORT dbname=paygate user=paygate"${BENCH_PG_POOL:+, \"pool_size\": $BENCH_PG_POOL}${BENCH_PG_PIPELINE:+, \"max_pipeline\": $BENCH_PG_PIPELINE}${BENCH_PG_BATCH_INFLIGHT:+, \"batch_inflight\": $BENCH_PG_BATCH_INFLIGHT} },
+  "postgres": { "conninfo": "host=$PG_HOST port=$PG_PORT dbname=paygate user=paygate"${BENCH_PG_POOL:+, \"pool_size\": $BENCH_PG_POOL}${BENCH_PG_PIPELINE:+, \"max_pipeline\": $BENCH_PG_PIPELINE}${BENCH_PG_BATCH_INFLIGHT:+, \"batch_inflight\": $BENCH_PG_BATCH_INFLIGHT} },
   "redis": { "host": "127.0.0.1", "port": $REDIS_PORT },
   "channels": {
     "dir": "$WORK/channels",
