@@ -696,6 +696,21 @@ static void on_retry_timer(uv_timer_t *t)
     transition_send(t->data);
 }
 
+/* Moves changes' members into order, replacing those of the same name. */
+static void order_merge(cJSON *order, cJSON *changes)
+{
+    if (!cJSON_IsObject(order) || !cJSON_IsObject(changes)) return;
+    while (changes->child) {
+        cJSON *it = cJSON_DetachItemViaPointer(changes, changes->child);
+        char key[64];
+        snprintf(key, sizeof(key), "%s", it->string ? it->string : "");
+        cJSON_bool ok = cJSON_GetObjectItemCaseSensitive(order, key)
+                            ? cJSON_ReplaceItemInObjectCaseSensitive(order, key, it)
+                            : cJSON_AddItemToObject(order, key, it);
+        if (!ok) cJSON_Delete(it);
+    }
+}
+
 static void transition_cb(void *udata, gw_err_t err, cJSON *j)
 {
     api_req_t *a = udata;
@@ -706,6 +721,8 @@ static void transition_cb(void *udata, gw_err_t err, cJSON *j)
             cJSON_Delete(a->order);
             a->order = o;
         } else cJSON_Delete(o);
+        /* the first-transition batch answers only the columns it set (0018) */
+        order_merge(a->order, cJSON_GetObjectItemCaseSensitive(j, "changes"));
         after(a, GW_OK);
         return;
     }

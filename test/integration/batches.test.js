@@ -237,6 +237,8 @@ test('a burst of c-to-b creates: repeats, conflicts, fees and the first transiti
     assert.ok(winners.some((s) => s.r.json.status === 'PENDING' && /^http/.test(s.r.json.pay_data && s.r.json.pay_data.code_url)),
       `${no}: one answer is PENDING with a code_url: ${winners.map((s) => s.r.body).join('\n')}`);
     for (const s of winners) assert.ok(['CREATED', 'PENDING'].includes(s.r.json.status), s.r.body);
+    // the answer of the request that made the transition is the stored row
+    for (const s of winners) if (s.r.json.status === 'PENDING' && s.kind === 'distinct') assertReplyIsRow(s.r.json);
     assert.equal(o.status, 'PENDING', no);
     assert.match(o.pay_data.code_url, /^http/, no);
     // fee and cashback fixed by the insert from the shop's rate (0011)
@@ -269,6 +271,25 @@ test('a burst of c-to-b creates: repeats, conflicts, fees and the first transiti
   assert.ok(d.batches >= 1, `no batch formed during the burst: ${JSON.stringify(d)}`);
   assert.ok(d.jobs >= 10, `fewer than 10 jobs went in batches: ${JSON.stringify(d)}`);
 });
+
+/* The fields of an order in the merchant API (core/api.c order_view_keys;
+ * null ones are left out). */
+const VIEW_KEYS = ['trade_no', 'out_trade_no', 'merchant_id', 'shop_id', 'amount', 'currency', 'subject',
+  'method', 'status', 'pay_data', 'channel', 'channel_trade_no', 'channel_code', 'channel_msg',
+  'refunded_amount', 'fee', 'settle_amount', 'customer_id', 'attach', 'created_at', 'paid_at',
+  'expire_at', 'updated_at'];
+/* The order's row as the merchant API shows it. */
+function rowView(tradeNo) {
+  const o = JSON.parse(psql(`SELECT row_to_json(o) FROM orders o WHERE trade_no = '${tradeNo}'`));
+  return Object.fromEntries(VIEW_KEYS.filter((k) => o[k] !== null && o[k] !== undefined).map((k) => [k, o[k]]));
+}
+/* A reply made after the first-transition batch (which answers only the
+ * columns it set, 0018, merged into the created row by paygated) is the
+ * stored row, field for field. */
+function assertReplyIsRow(reply) {
+  const got = Object.fromEntries(VIEW_KEYS.filter((k) => k in reply).map((k) => [k, reply[k]]));
+  assert.deepEqual(got, rowView(reply.trade_no), `reply of ${reply.trade_no}`);
+}
 
 /* The orders table's update counters (PostgreSQL's statistics reach
  * pg_stat_user_tables within a second or so of each transaction). */
@@ -337,6 +358,7 @@ test('a burst of b-to-c immediate successes: one SUCCESS event and one order.pai
     assert.equal(r.json.status, 'SUCCESS', r.body);
     assert.equal(r.json.out_trade_no, bodies[i].out_trade_no);
     assert.ok(r.json.channel_trade_no, r.body);
+    assertReplyIsRow(r.json); // paid_at and the channel's fields included
   });
   const got = rows(`SELECT id, out_trade_no, trade_no, amount, status, paid_at, channel_trade_no, notify_url,
                           fee, cashback, settle_amount

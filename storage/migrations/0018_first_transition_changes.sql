@@ -1,0 +1,70 @@
+-- 0018: the first-transition batch answers with the columns the transition
+-- set, not the whole row.  paygated holds the order as created (the create
+-- batch's answer) and merges them into it (core/api.c transition_cb), so
+-- the merchant's reply is the same; the single function keeps answering the
+-- whole row, which paygated takes as it is.  row_to_json of the whole row
+-- (35 columns, seven of them timestamps) twice per c-to-b order was 13 % of
+-- a backend's time running the two batch functions (perf with call graphs,
+-- docs/performance.md "Fifth round"); the transition sets eleven of them.
+-- The body is 0015's but for the last SELECT (the plan settings, 0014, are
+-- restated because CREATE OR REPLACE replaces them).
+CREATE OR REPLACE FUNCTION gw_order_transition_first_many(p jsonb) RETURNS TABLE (r json, i int)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off AS $$
+DECLARE
+    v_ids bigint[];
+    v_m jsonb;   -- order id -> [index, to, patch]
+BEGIN
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p) x(v)
+                WHERE x.v->>1 IS DISTINCT FROM '{CREATED}' OR x.v->>4 IS DISTINCT FROM 'channel'
+                   OR x.v->>2 IS NULL OR x.v->>2 = 'CREATED') THEN
+        RAISE EXCEPTION 'gw_order_transition_first_many: not a first transition';
+    END IF;
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT array_agg((x.v->>0)::bigint),
+           jsonb_object_agg(x.v->>0, jsonb_build_array(x.ord - 1, x.v->>2, x.v->3))
+      INTO v_ids, v_m
+      FROM jsonb_array_elements(p) WITH ORDINALITY AS x(v, ord);
+    RETURN QUERY
+    WITH upd AS (
+        UPDATE orders o SET
+            status = v_m->(o.id::text)->>1,
+            pay_data = COALESCE(v_m->(o.id::text)->2->'pay_data', o.pay_data),
+            channel_trade_no = COALESCE(NULLIF(v_m->(o.id::text)->2->>'channel_trade_no', ''), o.channel_trade_no),
+            channel_code = COALESCE(v_m->(o.id::text)->2->>'channel_code', o.channel_code),
+            channel_msg = COALESCE(v_m->(o.id::text)->2->>'channel_msg', o.channel_msg),
+            paid_at = CASE WHEN v_m->(o.id::text)->>1 = 'SUCCESS' THEN COALESCE(o.paid_at, now()) ELSE o.paid_at END,
+            next_check_at = CASE WHEN v_m->(o.id::text)->>1 IN ('SUCCESS', 'FAILED', 'CLOSED') THEN NULL
+                                 WHEN v_m->(o.id::text)->2 ? 'next_check_ms'
+                                 THEN now() + make_interval(secs => (v_m->(o.id::text)->2->>'next_check_ms')::float8 / 1000)
+                                 ELSE o.next_check_at END,
+            check_attempts = CASE WHEN v_m->(o.id::text)->2 ? 'attempt' THEN o.check_attempts + 1 ELSE 0 END,
+            lease_owner = NULL,
+            lease_until = NULL,
+            updated_at = now()
+         -- "|| ''" (0011): the status test kept off any index on status
+         -- (since 0017 the due index has none in its predicate)
+         WHERE o.id = ANY (v_ids) AND o.status || '' = 'CREATED'
+        RETURNING o AS nr, (v_m->(o.id::text)->>0)::int AS k, v_m->(o.id::text)->2 AS patch
+    ), ev AS (
+        INSERT INTO order_events (order_id, from_status, to_status, source, detail)
+        SELECT (upd.nr).id, 'CREATED', (upd.nr).status, 'channel',
+               upd.patch - 'pay_data' - 'next_check_ms' - 'attempt'
+          FROM upd
+    ), notif AS (
+        INSERT INTO merchant_notifications (merchant_id, order_id, event, url, payload)
+        SELECT (upd.nr).merchant_id, (upd.nr).id, 'order.paid', (upd.nr).notify_url,
+               jsonb_build_object('event', 'order.paid', 'order', gw_order_payload(upd.nr))
+          FROM upd
+         WHERE (upd.nr).status = 'SUCCESS' AND (upd.nr).notify_url IS NOT NULL
+        ON CONFLICT DO NOTHING
+    )
+    SELECT json_build_object('changed', true, 'changes', json_build_object(
+               'status', (upd.nr).status, 'pay_data', (upd.nr).pay_data,
+               'channel_trade_no', (upd.nr).channel_trade_no, 'channel_code', (upd.nr).channel_code,
+               'channel_msg', (upd.nr).channel_msg, 'paid_at', (upd.nr).paid_at,
+               'next_check_at', (upd.nr).next_check_at, 'check_attempts', (upd.nr).check_attempts,
+               'lease_owner', (upd.nr).lease_owner, 'lease_until', (upd.nr).lease_until,
+               'updated_at', (upd.nr).updated_at)), upd.k
+      FROM upd;
+END $$;
