@@ -696,18 +696,38 @@ static void on_retry_timer(uv_timer_t *t)
     transition_send(t->data);
 }
 
-/* Moves changes' members into order, replacing those of the same name. */
+/* Gives order changes' members, replacing those of the same name: one
+ * walk of order, the values swapped in place (no key copied, no second
+ * lookup); changes is left with what it replaced. */
 static void order_merge(cJSON *order, cJSON *changes)
 {
     if (!cJSON_IsObject(order) || !cJSON_IsObject(changes)) return;
+    for (cJSON *o = order->child; o && changes->child; o = o->next) {
+        for (cJSON *c = changes->child; c; c = c->next) {
+            if (o->string == NULL || c->string == NULL || strcmp(o->string, c->string) != 0) continue;
+            /* swap the values; names and places stay */
+            cJSON tmp = *o;
+            /* (cJSON_StringIsConst belongs to the name, which stays) */
+            o->type = (c->type & ~cJSON_StringIsConst) | (tmp.type & cJSON_StringIsConst);
+            o->valuestring = c->valuestring;
+            o->valueint = c->valueint;
+            o->valuedouble = c->valuedouble;
+            o->child = c->child;
+            c->type = (tmp.type & ~cJSON_StringIsConst) | (c->type & cJSON_StringIsConst);
+            c->valuestring = tmp.valuestring;
+            c->valueint = tmp.valueint;
+            c->valuedouble = tmp.valuedouble;
+            c->child = tmp.child;
+            cJSON_Delete(cJSON_DetachItemViaPointer(changes, c));
+            break;
+        }
+    }
+    /* names order lacks (not expected: every column is in the row) */
     while (changes->child) {
-        cJSON *it = cJSON_DetachItemViaPointer(changes, changes->child);
+        cJSON *c = cJSON_DetachItemViaPointer(changes, changes->child);
         char key[64];
-        snprintf(key, sizeof(key), "%s", it->string ? it->string : "");
-        cJSON_bool ok = cJSON_GetObjectItemCaseSensitive(order, key)
-                            ? cJSON_ReplaceItemInObjectCaseSensitive(order, key, it)
-                            : cJSON_AddItemToObject(order, key, it);
-        if (!ok) cJSON_Delete(it);
+        snprintf(key, sizeof(key), "%s", c->string ? c->string : "");
+        if (!cJSON_AddItemToObject(order, key, c)) cJSON_Delete(c);
     }
 }
 
