@@ -1092,14 +1092,20 @@ static void rotation_redis_cb(void *udata, gw_err_t err, redisReply *r)
     if (gw_pg_json(a->app, "rotation_next", 1, v, rotation_pg_cb, a) != GW_OK) rotation_done(a, 1);
 }
 
+/* A binding's sub-merchants; 0: it cannot take orders (no channel or none). */
+static int binding_nsubs(const cJSON *b)
+{
+    return jstr(b, "channel") ? cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "subs")) : 0;
+}
+
 static void try_binding(api_req_t *a)
 {
     int n = cJSON_GetArraySize(a->bindings);
     for (; a->binding_idx < n; a->binding_idx++) {
         const cJSON *b = cJSON_GetArrayItem(a->bindings, a->binding_idx);
         const char *channel = jstr(b, "channel");
-        int nsubs = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "subs"));
-        if (channel == NULL || nsubs == 0) continue;
+        int nsubs = binding_nsubs(b);
+        if (nsubs == 0) continue;
         if (!gw_health_available(a->app, channel)) {
             gw_health_note_refusal(a->app, channel);
             gw_log_req(GW_LOG_INFO, a->req->id, "shop %s %s: skipping %s (%s breaker, %d in flight)",
@@ -1197,12 +1203,21 @@ static void routes_cache_free(void)
     }
 }
 
-static void routes_ready(api_req_t *a, const cJSON *routes)
+/* The shop's bindings for the request's method, in priority order; NULL
+ * when the shop is not this merchant's or has none. */
+static const cJSON *shop_bindings(const api_req_t *a, const cJSON *routes)
 {
     const char *owner = jstr(routes, "merchant_id");
     const cJSON *methods = cJSON_GetObjectItemCaseSensitive(routes, "methods");
-    cJSON *bindings = cJSON_GetObjectItemCaseSensitive(methods, jstr(a->body, "method"));
-    if (owner == NULL || strcmp(owner, a->merchant_id) != 0 || cJSON_GetArraySize(bindings) == 0) {
+    const cJSON *bindings = cJSON_GetObjectItemCaseSensitive(methods, jstr(a->body, "method"));
+    if (owner == NULL || strcmp(owner, a->merchant_id) != 0 || cJSON_GetArraySize(bindings) == 0) return NULL;
+    return bindings;
+}
+
+static void routes_ready(api_req_t *a, const cJSON *routes)
+{
+    const cJSON *bindings = shop_bindings(a, routes);
+    if (bindings == NULL) {
         api_error(a, 422, "no_route", "shop %s has no channel for method %s",
                   jstr(a->body, "shop_id"), jstr(a->body, "method"));
         return;
@@ -1278,16 +1293,12 @@ static int rotation_prefetch_key(api_req_t *a, char *key, size_t len)
 {
     if (a->body == NULL) a->body = cJSON_ParseWithLength(a->req->body.data, a->req->body.len);
     const char *shop = cJSON_IsObject(a->body) ? jstr(a->body, "shop_id") : NULL;
-    const char *method = shop ? jstr(a->body, "method") : NULL;
-    const cJSON *routes = method ? routes_cached(shop) : NULL;
-    const char *owner = routes ? jstr(routes, "merchant_id") : NULL;
-    if (owner == NULL || strcmp(owner, a->merchant_id) != 0) return 0;
-    const cJSON *bindings = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(routes, "methods"), method);
+    const cJSON *routes = shop && jstr(a->body, "method") ? routes_cached(shop) : NULL;
+    const cJSON *bindings = routes ? shop_bindings(a, routes) : NULL;
     const cJSON *b;
     cJSON_ArrayForEach(b, bindings) {
-        const char *channel = jstr(b, "channel");
-        int nsubs = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "subs"));
-        if (channel == NULL || nsubs == 0 || !gw_health_available(a->app, channel)) continue;
+        int nsubs = binding_nsubs(b);
+        if (nsubs == 0 || !gw_health_available(a->app, jstr(b, "channel"))) continue;
         if (nsubs == 1) return 0;
         rotation_key_of(a, b, key, len);
         return 1;
