@@ -626,7 +626,7 @@ static int is_final(const char *st)
 
 static void copy_field(cJSON *dst, const cJSON *src, const char *key)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(src, key);
+    const cJSON *v = gw_json_get(src, key);
     if (v && !cJSON_IsNull(v)) cJSON_AddItemToObject(dst, key, cJSON_Duplicate(v, 1));
 }
 
@@ -704,7 +704,7 @@ static void order_merge(cJSON *order, cJSON *changes)
     if (!cJSON_IsObject(order) || !cJSON_IsObject(changes)) return;
     for (cJSON *o = order->child; o && changes->child; o = o->next) {
         for (cJSON *c = changes->child; c; c = c->next) {
-            if (o->string == NULL || c->string == NULL || strcmp(o->string, c->string) != 0) continue;
+            if (o->string == NULL || c->string == NULL || !gw_json_key_eq(o->string, c->string)) continue;
             /* swap the values; names and places stay */
             cJSON tmp = *o;
             /* (cJSON_StringIsConst belongs to the name, which stays) */
@@ -742,7 +742,7 @@ static void transition_cb(void *udata, gw_err_t err, cJSON *j)
             a->order = o;
         } else cJSON_Delete(o);
         /* the first-transition batch answers only the columns it set (0018) */
-        order_merge(a->order, cJSON_GetObjectItemCaseSensitive(j, "changes"));
+        order_merge(a->order, gw_json_get(j, "changes"));
         after(a, GW_OK);
         return;
     }
@@ -928,9 +928,9 @@ static void create_call_channel(api_req_t *a)
         return;
     }
     fill_order(a);
-    const cJSON *ac = cJSON_GetObjectItemCaseSensitive(a->body, "auth_code");
+    const cJSON *ac = gw_json_get(a->body, "auth_code");
     a->co.auth_code = sstr(cJSON_IsString(ac) ? ac->valuestring : NULL);
-    const cJSON *att = cJSON_GetObjectItemCaseSensitive(a->body, "attach");
+    const cJSON *att = gw_json_get(a->body, "attach");
     a->co.attach = sstr(cJSON_IsString(att) ? att->valuestring : NULL);
     gw_err_t rc = gw_chanop_run(a->app, jstr(a->order, "channel"), GW_OP_PAY, 0, &a->cm, &a->co,
                                 NULL, create_pay_cb, a);
@@ -952,7 +952,7 @@ static void create_order_cb(void *udata, gw_err_t err, cJSON *j)
     cJSON *o = cJSON_DetachItemFromObjectCaseSensitive(j, "order");
     a->order = o;
     snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(o, "trade_no") ? jstr(o, "trade_no") : "");
-    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "created"))) {
+    if (!cJSON_IsTrue(gw_json_get(j, "created"))) {
         const char *h = jstr(o, "request_hash");
         const char *mine = jstr(a->body, "__hash");
         if (h == NULL || mine == NULL || strcmp(h, mine) != 0) {
@@ -1041,7 +1041,7 @@ static void create_sub_cb(void *udata, gw_err_t err, cJSON *j)
 static void rotation_done(api_req_t *a, int64_t n)
 {
     const cJSON *binding = cJSON_GetArrayItem(a->bindings, a->binding_idx);
-    const cJSON *subs = cJSON_GetObjectItemCaseSensitive(binding, "subs");
+    const cJSON *subs = gw_json_get(binding, "subs");
     int count = cJSON_GetArraySize(subs);
     int64_t idx = n > 0 ? (n - 1) % count : 0;
     const cJSON *pick = cJSON_GetArrayItem(subs, (int)idx);
@@ -1095,7 +1095,7 @@ static void rotation_redis_cb(void *udata, gw_err_t err, redisReply *r)
 /* A binding's sub-merchants; 0: it cannot take orders (no channel or none). */
 static int binding_nsubs(const cJSON *b)
 {
-    return jstr(b, "channel") ? cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "subs")) : 0;
+    return jstr(b, "channel") ? cJSON_GetArraySize(gw_json_get(b, "subs")) : 0;
 }
 
 static void try_binding(api_req_t *a)
@@ -1208,8 +1208,8 @@ static void routes_cache_free(void)
 static const cJSON *shop_bindings(const api_req_t *a, const cJSON *routes)
 {
     const char *owner = jstr(routes, "merchant_id");
-    const cJSON *methods = cJSON_GetObjectItemCaseSensitive(routes, "methods");
-    const cJSON *bindings = cJSON_GetObjectItemCaseSensitive(methods, jstr(a->body, "method"));
+    const cJSON *methods = gw_json_get(routes, "methods");
+    const cJSON *bindings = gw_json_get(methods, jstr(a->body, "method"));
     if (owner == NULL || strcmp(owner, a->merchant_id) != 0 || cJSON_GetArraySize(bindings) == 0) return NULL;
     return bindings;
 }
@@ -1308,7 +1308,7 @@ static int rotation_prefetch_key(api_req_t *a, char *key, size_t len)
 
 static const char *check_str(const cJSON *b, const char *key, int required, size_t max)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(b, key);
+    const cJSON *v = gw_json_get(b, key);
     if (v == NULL || cJSON_IsNull(v)) return required ? "is required" : NULL;
     if (!cJSON_IsString(v)) return "must be a string";
     size_t n = strlen(v->valuestring);
@@ -1332,7 +1332,7 @@ static void create_authed(api_req_t *a)
     const cJSON *it;
     cJSON_ArrayForEach(it, b) {
         int ok = 0;
-        for (int i = 0; allowed[i]; i++) ok |= strcmp(allowed[i], it->string) == 0;
+        for (int i = 0; allowed[i] && !ok; i++) ok = gw_json_key_eq(allowed[i], it->string);
         if (!ok) {
             api_error(a, 400, "invalid_request", "%.64s: unknown field", it->string);
             return;
@@ -1356,7 +1356,7 @@ static void create_authed(api_req_t *a)
         return;
     }
     int64_t amount;
-    if (!json_int_ok(cJSON_GetObjectItemCaseSensitive(b, "amount"), &amount)) {
+    if (!json_int_ok(gw_json_get(b, "amount"), &amount)) {
         api_error(a, 400, "invalid_request", "amount must be an integer number of fen");
         return;
     }
@@ -1396,7 +1396,7 @@ static void create_authed(api_req_t *a)
         api_error(a, 400, "invalid_request", "notify_url must be an http(s) URL");
         return;
     }
-    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(b, "expire_s");
+    const cJSON *ex = gw_json_get(b, "expire_s");
     if (ex) {
         int64_t e;
         if (!json_int_ok(ex, &e) || e < a->app->cfg.api.min_expire_s || e > 86400) {
@@ -1789,7 +1789,7 @@ static void refund_create_cb(void *udata, gw_err_t err, cJSON *j)
     a->order = cJSON_DetachItemFromObjectCaseSensitive(j, "order");
     a->refund = cJSON_DetachItemFromObjectCaseSensitive(j, "refund");
     snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(a->order, "trade_no"));
-    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "created"))) {
+    if (!cJSON_IsTrue(gw_json_get(j, "created"))) {
         if (jint(a->refund, "amount") != a->amount || jint(a->refund, "order_id") != jint(a->order, "id")) {
             api_error(a, 409, "conflict", "out_refund_no %s was already used for a different refund",
                       jstr(a->refund, "out_refund_no"));
@@ -1827,7 +1827,7 @@ static void refund_authed(api_req_t *a)
         return;
     }
     int64_t amount;
-    if (!json_int_ok(cJSON_GetObjectItemCaseSensitive(a->body, "amount"), &amount) || amount <= 0) {
+    if (!json_int_ok(gw_json_get(a->body, "amount"), &amount) || amount <= 0) {
         api_error(a, 400, "invalid_amount", "amount must be a positive integer number of fen");
         return;
     }
@@ -1906,7 +1906,7 @@ static void balance_entries_cb(void *udata, gw_err_t err, cJSON *j)
         return;
     }
     cJSON *out = cJSON_Duplicate(j, 1);
-    cJSON *entries = cJSON_GetObjectItemCaseSensitive(out, "entries");
+    cJSON *entries = gw_json_get(out, "entries");
     int n = cJSON_GetArraySize(entries);
     if (n > 0 && n == (int)a->amount) /* a full page: there may be more */
         cJSON_AddNumberToObject(out, "next_before", (double)jint(cJSON_GetArrayItem(entries, n - 1), "id"));

@@ -2,6 +2,7 @@
  * chanop.c — run one channel operation (see chanop.h).
  */
 #include "chanop.h"
+#include "json.h"
 #include "app.h"
 #include "channel.h"
 #include "client.h"
@@ -262,8 +263,8 @@ static void balance_done(void *udata, gw_err_t err, cJSON *j)
     bal_t *b = udata;
     gw_chanop_out_t *out = &b->out;
     int refund = b->kind == GW_OP_REFUND || (b->flags & GW_CALL_REFUND_QUERY);
-    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "status"));
-    const char *code = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "code"));
+    const char *st = cJSON_GetStringValue(gw_json_get(j, "status"));
+    const char *code = cJSON_GetStringValue(gw_json_get(j, "code"));
     out->err = GW_OK;
     out->sent = err != GW_EUNAVAIL;
     out->http_status = err == GW_OK ? 200 : 0;

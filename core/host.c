@@ -223,8 +223,7 @@ static void kv_truncate(gw_kv_t *kv, size_t n)
 {
     while (kv->n > n) {
         kv->n--;
-        free(kv->items[kv->n].k);
-        free(kv->items[kv->n].v);
+        free(kv->items[kv->n].k); /* the value shares its block */
     }
 }
 
@@ -260,13 +259,10 @@ static gw_err_t host_kv_add(gw_kv_t *kv, const char *key, size_t klen, const cha
         kv->items = p;
         kv->cap = cap;
     }
-    char *k = malloc(klen + 1);
-    char *v = malloc(vlen + 1);
-    if (k == NULL || v == NULL) {
-        free(k);
-        free(v);
-        return GW_ENOMEM;
-    }
+    if (vlen > SIZE_MAX - klen - 2) return GW_ETOOBIG;
+    char *k = malloc(klen + 1 + vlen + 1); /* name and value in one block */
+    if (k == NULL) return GW_ENOMEM;
+    char *v = k + klen + 1;
     memcpy(k, key, klen);
     k[klen] = '\0';
     if (vlen) memcpy(v, val, vlen);
@@ -280,12 +276,17 @@ static gw_err_t host_kv_addf(gw_kv_t *kv, const char *key, const char *fmt, ...)
 static gw_err_t host_kv_addf(gw_kv_t *kv, const char *key, const char *fmt, ...)
 {
     if (key == NULL || fmt == NULL) return GW_EINVAL;
+    /* one formatting pass into the stack on the common path (a number, a
+     * time): the measuring pass and a malloc were 1.8 % of paygated's
+     * instructions per c-to-b order */
+    char small[128];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(small, sizeof(small), fmt, ap);
     va_end(ap);
     if (n < 0) return GW_EINVAL;
     if ((size_t)n > GW_KV_XML_MAX) return GW_ETOOBIG;
+    if ((size_t)n < sizeof(small)) return host_kv_add(kv, key, strlen(key), small, (size_t)n);
     char *s = malloc((size_t)n + 1);
     if (s == NULL) return GW_ENOMEM;
     va_start(ap, fmt);
@@ -539,24 +540,28 @@ static gw_err_t host_kv_to_xml(const gw_kv_t *kv, gw_buf_t *out)
             break;
         }
         /* pieces, not a format: 2 × 14 vsnprintf calls per Swiftpass
-         * request were 4 % of paygated's instructions */
-        rc = gw_buf_appends(out, "<");
+         * request were 4 % of paygated's instructions; literal lengths and
+         * memchr before memmem (values rarely hold a ']') */
+#define PUT_LIT(lit) gw_buf_append(out, lit, sizeof(lit) - 1)
+        rc = PUT_LIT("<");
         if (rc == GW_OK) rc = gw_buf_append(out, it->k, it->klen);
-        if (rc == GW_OK) rc = gw_buf_appends(out, "><![CDATA[");
+        if (rc == GW_OK) rc = PUT_LIT("><![CDATA[");
         const char *p = it->v, *end = it->v + it->vlen;
         while (rc == GW_OK && p < end) {
-            const char *hit = memmem(p, (size_t)(end - p), "]]>", 3);
+            const char *hit = memchr(p, ']', (size_t)(end - p)) ? memmem(p, (size_t)(end - p), "]]>", 3)
+                                                                : NULL;
             if (hit == NULL) {
                 rc = gw_buf_append(out, p, (size_t)(end - p));
                 break;
             }
             rc = gw_buf_append(out, p, (size_t)(hit - p) + 2); /* up to "]]" */
-            if (rc == GW_OK) rc = gw_buf_appends(out, "]]><![CDATA[");
+            if (rc == GW_OK) rc = PUT_LIT("]]><![CDATA[");
             p = hit + 2; /* ">" starts the next section */
         }
-        if (rc == GW_OK) rc = gw_buf_appends(out, "]]></");
+        if (rc == GW_OK) rc = PUT_LIT("]]></");
         if (rc == GW_OK) rc = gw_buf_append(out, it->k, it->klen);
-        if (rc == GW_OK) rc = gw_buf_appends(out, ">");
+        if (rc == GW_OK) rc = PUT_LIT(">");
+#undef PUT_LIT
     }
     if (rc == GW_OK) rc = gw_buf_appends(out, "</xml>");
     if (rc != GW_OK && out->data) {

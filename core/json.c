@@ -150,9 +150,9 @@ gw_err_t gw_json_write_view(gw_buf_t *b, const cJSON *obj, const char *const key
         const cJSON *hit = NULL;
         /* from `from` to the end, then from the start to `from` */
         for (const cJSON *c = from; c && !hit; c = c->next)
-            if (c->string && strcmp(c->string, keys[i]) == 0) hit = c;
+            if (c->string && gw_json_key_eq(c->string, keys[i])) hit = c;
         for (const cJSON *c = obj->child; c != from && !hit; c = c->next)
-            if (c->string && strcmp(c->string, keys[i]) == 0) hit = c;
+            if (c->string && gw_json_key_eq(c->string, keys[i])) hit = c;
         if (hit == NULL) continue;
         from = hit->next ? hit->next : obj->child;
         if (cJSON_IsNull(hit)) continue;
@@ -164,6 +164,14 @@ gw_err_t gw_json_write_view(gw_buf_t *b, const cJSON *obj, const char *const key
     }
     if (rc == GW_OK) rc = put(b, "}", 1);
     return rc;
+}
+
+cJSON *gw_json_get(const cJSON *obj, const char *key)
+{
+    if (obj == NULL || key == NULL || !cJSON_IsObject(obj)) return NULL;
+    for (cJSON *c = obj->child; c; c = c->next)
+        if (c->string && gw_json_key_eq(c->string, key)) return c;
+    return NULL;
 }
 
 char *gw_json_print(const cJSON *j)

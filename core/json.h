@@ -28,6 +28,20 @@ gw_err_t gw_json_write(gw_buf_t *b, const struct cJSON *j);
  * so keys listed in obj's own order cost one comparison each. */
 gw_err_t gw_json_write_view(gw_buf_t *b, const struct cJSON *obj, const char *const keys[]);
 
+/* cJSON_GetObjectItemCaseSensitive, with each name's first two bytes
+ * compared before strcmp is called: an order row has 35 members and a
+ * c-to-b order looked names up some 900 times, 6 % of paygated's
+ * instructions in strcmp (callgrind). */
+struct cJSON *gw_json_get(const struct cJSON *obj, const char *key);
+
+/* Whether two member names are equal (the test gw_json_get makes). */
+static inline int gw_json_key_eq(const char *a, const char *b)
+{
+    if (a[0] != b[0]) return 0;
+    if (a[0] == '\0') return 1;
+    return a[1] == b[1] && (a[1] == '\0' || strcmp(a + 2, b + 2) == 0);
+}
+
 /* The compact JSON text of j in memory from malloc (free() it), or NULL
  * (out of memory, or a tree cJSON could not print either). */
 char *gw_json_print(const struct cJSON *j);

@@ -75,7 +75,7 @@ static void ingest_cb(void *udata, gw_err_t err, cJSON *j)
         answer(n, 0);
         return;
     }
-    const char *outcome = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "outcome"));
+    const char *outcome = cJSON_GetStringValue(gw_json_get(j, "outcome"));
     int verified = n->verify_err == GW_OK;
     gw_log_req(verified && outcome && strncmp(outcome, "rejected", 8) != 0 &&
                        strncmp(outcome, "conflict", 8) != 0 ? GW_LOG_INFO : GW_LOG_WARN,
@@ -146,7 +146,7 @@ static void verify_done(uv_work_t *w, int status)
 
 static gw_str_t js(const cJSON *o, const char *k)
 {
-    const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k));
+    const char *s = cJSON_GetStringValue(gw_json_get(o, k));
     return (gw_str_t){ s ? s : "", s ? strlen(s) : 0 };
 }
 

@@ -198,7 +198,7 @@ static void reversal_recorded(void *udata, gw_err_t err, cJSON *res)
     if (err != GW_OK)
         gw_log(GW_LOG_ERR, "tasks: order %s: recording the reversal after payment failed (%s)",
                gw_jstr(j->order, "trade_no"), gw_strerror(err));
-    else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "recorded")))
+    else if (cJSON_IsTrue(gw_json_get(res, "recorded")))
         gw_log(GW_LOG_WARN, "tasks: order %s was paid and then reversed at the channel: refund %s of %lld recorded",
                gw_jstr(j->order, "trade_no"), gw_jstr(res, "refund_no"), (long long)gw_jint(res, "amount"));
     job_free(j);
@@ -210,7 +210,7 @@ static void reversal_recorded(void *udata, gw_err_t err, cJSON *res)
 static void reverse_saved(void *udata, gw_err_t err, cJSON *res)
 {
     job_t *j = udata;
-    const cJSON *o = cJSON_GetObjectItemCaseSensitive(res, "order");
+    const cJSON *o = gw_json_get(res, "order");
     const char *now = gw_jstr(o, "status");
     if (err == GW_OK && now && strcmp(now, "SUCCESS") == 0) {
         char id[24];
@@ -306,7 +306,7 @@ static void order_queried(void *udata, gw_chanop_out_t *out)
      * (CREATED: a crash before the channel answered; UNKNOWN: the answer
      * was lost) cannot have been shown to the customer, so once the channel
      * says it is not paid it is closed without waiting for its expiry. */
-    const cJSON *pd = cJSON_GetObjectItemCaseSensitive(j->order, "pay_data");
+    const cJSON *pd = gw_json_get(j->order, "pay_data");
     int never_shown = (pd == NULL || cJSON_IsNull(pd)) &&
                       (strcmp(st, "CREATED") == 0 || strcmp(st, "UNKNOWN") == 0);
     if (j->expired || (never_shown && r == GW_PAY_NOT_PAID)) {
@@ -404,7 +404,7 @@ static void refund_step(job_t *j)
     gw_rows_refund(j->refund, j->order, &j->cr);
     /* never acknowledged by the channel: send it (again — the refund number
      * makes a repeat the same refund); acknowledged: ask how it went */
-    int acked = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j->refund, "channel_ack"));
+    int acked = cJSON_IsTrue(gw_json_get(j->refund, "channel_ack"));
     gw_err_t rc = gw_chanop_run(app, gw_jstr(j->order, "channel"), acked ? GW_OP_QUERY : GW_OP_REFUND,
                                 acked ? GW_CALL_REFUND_QUERY : 0, &j->cm, &j->co, &j->cr, refund_done, j);
     if (rc != GW_OK) {
@@ -481,7 +481,7 @@ static void notify_sent(void *udata, gw_client_response_t *r)
 static void notify_step(job_t *j)
 {
     gw_tasks_t *t = j->t;
-    const cJSON *payload = cJSON_GetObjectItemCaseSensitive(j->row, "payload");
+    const cJSON *payload = gw_json_get(j->row, "payload");
     char *body = gw_json_print(payload);
     const char *secret = gw_jstr(j->row, "secret");
     snprintf(j->merchant, sizeof(j->merchant), "%s", gw_jstr(j->row, "merchant_id"));
@@ -548,7 +548,7 @@ static void claimed(void *udata, gw_err_t err, cJSON *arr)
         if (gw_jint(arr, "entries") > 0)
             gw_log(GW_LOG_DEBUG, "tasks: settlement: %lld events, %lld entries",
                    (long long)gw_jint(arr, "events"), (long long)gw_jint(arr, "entries"));
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(arr, "more"))) claim(t, K_SETTLE);
+        if (cJSON_IsTrue(gw_json_get(arr, "more"))) claim(t, K_SETTLE);
         return;
     }
     cJSON *it;
@@ -558,12 +558,12 @@ static void claimed(void *udata, gw_err_t err, cJSON *arr)
         j->t = t;
         j->kind = kind;
         j->row = cJSON_Duplicate(it, 1);
-        j->order = cJSON_GetObjectItemCaseSensitive(j->row, "order");
-        j->sub = cJSON_GetObjectItemCaseSensitive(j->row, "sub");
+        j->order = gw_json_get(j->row, "order");
+        j->sub = gw_json_get(j->row, "sub");
         if (cJSON_IsNull(j->sub)) j->sub = NULL;
-        j->refund = cJSON_GetObjectItemCaseSensitive(j->row, "refund");
+        j->refund = gw_json_get(j->row, "refund");
         j->age_ms = gw_jint(j->row, "age_ms");
-        j->expired = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j->row, "expired"));
+        j->expired = cJSON_IsTrue(gw_json_get(j->row, "expired"));
         t->inflight[kind]++;
         if (kind == K_ORDERS) {
             j->attempts = (int)gw_jint(j->order, "check_attempts");

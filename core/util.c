@@ -93,7 +93,11 @@ static gw_err_t gw__buf_reserve(gw_buf_t *b, size_t extra)
     if (extra > b->max || b->len > b->max - extra) return GW_ETOOBIG;
     size_t need = b->len + extra + 1;
     if (need <= b->cap) return GW_OK;
-    size_t cap = b->cap ? b->cap : 64;
+    /* A first allocation of 1 KiB: most buffers (a request, a reply, a
+     * channel call's body and headers) fit, where growing from 64 bytes
+     * took five or six reallocs each (40 per c-to-b order, 5 % of
+     * paygated's instructions in callgrind). */
+    size_t cap = b->cap ? b->cap : 1024;
     while (cap < need) cap *= 2;
     if (cap > b->max + 1) cap = b->max + 1;
     char *p = realloc(b->data, cap);

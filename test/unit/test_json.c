@@ -24,6 +24,7 @@
 
 #include "gw.h"
 #include "json.h"
+#include "rows.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t next(void)
@@ -275,6 +276,59 @@ static void test_alloc_threads(void **state)
     assert_true(gw_json_alloc_cached() >= before + 6);
 }
 
+/* gw_json_get finds what cJSON_GetObjectItemCaseSensitive finds, for names
+ * that share their first bytes, one-byte and empty names, and misses. */
+static void test_get(void **state)
+{
+    (void)state;
+    static const char *const names[] = { "channel", "channel_trade_no", "channel_code", "c", "",
+                                          "ch", "cha", "currency", "created_at", "x", NULL };
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; names[i]; i++) cJSON_AddNumberToObject(o, names[i], i);
+    static const char *const probes[] = { "channel", "channel_trade_no", "channel_code", "c", "",
+        "ch", "cha", "chan", "currency", "created_at", "created", "x", "xy", "y", "channel_",
+        "CHANNEL", NULL };
+    for (int i = 0; probes[i]; i++) {
+        const cJSON *want = cJSON_GetObjectItemCaseSensitive(o, probes[i]);
+        const cJSON *got = gw_json_get(o, probes[i]);
+        assert_ptr_equal(got, want);
+        if (want) assert_string_equal(got->string, probes[i]);
+    }
+    assert_null(gw_json_get(NULL, "c"));
+    cJSON *arr = cJSON_CreateArray();
+    cJSON_AddItemToArray(arr, cJSON_CreateNumber(1));
+    assert_null(gw_json_get(arr, "c"));
+    assert_int_equal(gw_json_key_eq("ab", "ab"), 1);
+    assert_int_equal(gw_json_key_eq("ab", "abc"), 0);
+    assert_int_equal(gw_json_key_eq("a", "ab"), 0);
+    assert_int_equal(gw_json_key_eq("", ""), 1);
+    assert_int_equal(gw_json_key_eq("", "a"), 0);
+    cJSON_Delete(arr);
+    cJSON_Delete(o);
+}
+
+/* PostgreSQL's JSON timestamps, read directly; the expected values are
+ * `date -u -d … +%s`.  Other spellings still go through strptime. */
+static void test_parse_ts(void **state)
+{
+    (void)state;
+    assert_int_equal(gw_parse_ts_ms("2026-11-27T21:48:49+00:00"), 1795816129000LL);
+    assert_int_equal(gw_parse_ts_ms("2026-11-27T21:48:49.123456+00:00"), 1795816129123LL);
+    assert_int_equal(gw_parse_ts_ms("2026-11-27T21:48:49.9+00:00"), 1795816129900LL);
+    assert_int_equal(gw_parse_ts_ms("2026-11-28T05:48:49.5+08:00"), 1795816129500LL);
+    assert_int_equal(gw_parse_ts_ms("2026-11-27T16:18:49-05:30"), 1795816129000LL);
+    assert_int_equal(gw_parse_ts_ms("2026-11-27T21:48:49"), 1795816129000LL);
+    assert_int_equal(gw_parse_ts_ms("2024-02-29T23:59:59+00"), 1709251199000LL);
+    assert_int_equal(gw_parse_ts_ms("1999-12-31T16:00:00Z"), 946656000000LL);
+    assert_int_equal(gw_parse_ts_ms("2000-03-01T00:00:00+00:00"), 951868800000LL);
+    assert_int_equal(gw_parse_ts_ms("2100-02-28T12:00:00+00:00"), 4107499200000LL);
+    /* not the fast path's form: strptime's reading (one-digit fields) */
+    assert_int_equal(gw_parse_ts_ms("2026-11-27T21:48:9+00:00"), 1795816089000LL);
+    assert_int_equal(gw_parse_ts_ms("garbage"), 0);
+    assert_int_equal(gw_parse_ts_ms(NULL), 0);
+    assert_int_equal(gw_parse_ts_ms(""), 0);
+}
+
 int main(void)
 {
     gw_json_alloc_init();
@@ -283,6 +337,8 @@ int main(void)
         cmocka_unit_test(test_fixed_cases),
         cmocka_unit_test(test_bounded),
         cmocka_unit_test(test_view),
+        cmocka_unit_test(test_get),
+        cmocka_unit_test(test_parse_ts),
         cmocka_unit_test(test_alloc_cache),
         cmocka_unit_test(test_alloc_threads),
     };
