@@ -423,21 +423,11 @@ static void api_db_error(api_req_t *a, gw_err_t err)
 void gw_api_sign(const char *secret, gw_str_t method, gw_str_t pq, gw_str_t ts, gw_str_t nonce,
                  gw_str_t body, char out[65])
 {
-    gw_buf_t b;
-    gw_buf_init(&b, (size_t)-1 / 2);
-    gw_buf_append(&b, method.ptr, method.len);
-    gw_buf_append(&b, "\n", 1);
-    gw_buf_append(&b, pq.ptr, pq.len);
-    gw_buf_append(&b, "\n", 1);
-    gw_buf_append(&b, ts.ptr, ts.len);
-    gw_buf_append(&b, "\n", 1);
-    gw_buf_append(&b, nonce.ptr, nonce.len);
-    gw_buf_append(&b, "\n", 1);
-    gw_buf_append(&b, body.ptr, body.len);
+    const gw_str_t nl = { "\n", 1 };
+    const gw_str_t parts[] = { method, nl, pq, nl, ts, nl, nonce, nl, body };
     uint8_t mac[32];
-    gw_hmac_sha256(secret, strlen(secret), b.data ? b.data : "", b.len, mac);
+    gw_hmac_sha256_v(secret, strlen(secret), parts, GW_ARRAY_SIZE(parts), mac);
     gw_hex_encode(mac, 32, out, 0);
-    gw_buf_free(&b);
 }
 
 static int ct_equal(const char *a, gw_str_t b)

@@ -26,6 +26,9 @@ void gw_md5(const void *data, size_t len, uint8_t out[16]);
 void gw_sha1(const void *data, size_t len, uint8_t out[20]);
 void gw_sha256(const void *data, size_t len, uint8_t out[32]);
 void gw_hmac_sha256(const void *key, size_t keylen, const void *data, size_t len, uint8_t out[32]);
+/* The HMAC of parts' concatenation (no copy). */
+void gw_hmac_sha256_v(const void *key, size_t keylen, const gw_str_t *parts, size_t nparts,
+                      uint8_t out[32]);
 
 /* Standard alphabet with padding, no line breaks.  Also for n == 0,
  * out->data is a NUL-terminated string afterwards. */

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <mbedtls/md.h>
 
 #include <pthread.h>
 #include <stdio.h>
@@ -169,6 +170,30 @@ static void test_hmac_rfc4231(void **state)
     memset(key, 0x0b, 20);
     gw_hmac_sha256(key, 20, "Hi There", 8, mac);
     assert_hex(mac, 32, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7", 0);
+}
+
+/* The cached key pads: many keys in turn (more than the cache holds, so
+ * slots are reused), each part split, against mbedtls_md_hmac. */
+static void test_hmac_key_cache(void **state)
+{
+    (void)state;
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+    char keys[12][40];
+    for (int i = 0; i < 12; i++) snprintf(keys[i], sizeof(keys[i]), "secret-%d-%0*d", i, i + 1, i);
+    const char *msg = "POST\n/v1/orders\n1700000000\nabc\n{\"amount\":1}";
+    for (int round = 0; round < 5; round++) {
+        for (int i = 0; i < 12; i++) {
+            int k = (i * 7 + round) % 12;
+            uint8_t want[32], got[32], whole[32];
+            assert_int_equal(mbedtls_md_hmac(md, (const unsigned char *)keys[k], strlen(keys[k]),
+                                             (const unsigned char *)msg, strlen(msg), want), 0);
+            gw_str_t parts[] = { { msg, 5 }, { msg + 5, 0 }, { msg + 5, strlen(msg) - 5 } };
+            gw_hmac_sha256_v(keys[k], strlen(keys[k]), parts, 3, got);
+            gw_hmac_sha256(keys[k], strlen(keys[k]), msg, strlen(msg), whole);
+            assert_memory_equal(got, want, 32);
+            assert_memory_equal(whole, want, 32);
+        }
+    }
 }
 
 /* WeChat Pay API v2 "安全规范" signing example: MD5 and HMAC-SHA256 sign types. */
@@ -879,6 +904,7 @@ int main(void)
         cmocka_unit_test(test_hex),
         cmocka_unit_test(test_hash_vectors),
         cmocka_unit_test(test_hmac_rfc4231),
+        cmocka_unit_test(test_hmac_key_cache),
         cmocka_unit_test(test_wechat_v2_example),
         cmocka_unit_test(test_base64_rfc4648),
         cmocka_unit_test(test_base64_strict),
