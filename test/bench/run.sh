@@ -126,7 +126,9 @@ wait_http() { # url [tries]
 }
 
 # ---------------------------------------------------------------- build
-[ -x build/rel/paygated ] || { say "build/rel/paygated missing (make rel)"; exit 1; }
+# BENCH_REL: the build to measure (build/rel; another checkout's for an A/B)
+REL=${BENCH_REL:-build/rel}
+[ -x "$REL/paygated" ] || { say "$REL/paygated missing (make rel)"; exit 1; }
 if [ -n "${BENCH_PROFILE:-}" ] && ! command -v perf >/dev/null; then
   say "BENCH_PROFILE needs perf (apt-get install linux-perf)"; exit 1
 fi
@@ -138,8 +140,8 @@ cc -std=c11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -o "$OUT/gwload" 
   $(pkg-config --cflags --libs libuv) -lmbedcrypto
 # private copies: a concurrent `make rel` must not swap the binary mid-run
 mkdir -p "$WORK/bin" "$WORK/channels"
-cp build/rel/paygated "$WORK/bin/paygated"
-cp build/rel/channels/swiftpass.so "$WORK/channels/"
+cp "$REL/paygated" "$WORK/bin/paygated"
+cp "$REL/channels/swiftpass.so" "$WORK/channels/"
 cc -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -fvisibility=hidden -Ichannels -DGW_CHANNEL_NAME='"mock"' \
   -shared -Wl,-z,defs -o "$WORK/channels/mock.so" test/channels/mock/mock.c -lc
 chmod 755 "$WORK/channels"; chmod 644 "$WORK/channels"/*.so
