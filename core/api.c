@@ -76,7 +76,7 @@ static void pg_json_done(void *udata, gw_err_t err, const char *value, size_t le
     cJSON *j = NULL;
     if (err == GW_OK) {
         if (value == NULL) err = GW_ENOENT;
-        else if ((j = cJSON_ParseWithLength(value, len)) == NULL) err = GW_EPARSE;
+        else if ((j = gw_json_parse(value, len)) == NULL) err = GW_EPARSE;
     }
     p->cb(p->udata, err, j);
     cJSON_Delete(j);
@@ -799,7 +799,7 @@ static void order_transition(api_req_t *a, const char *from_states, const char *
         if (res->raw_code[0]) cJSON_AddStringToObject(p, "channel_code", res->raw_code);
         if (res->raw_msg[0]) cJSON_AddStringToObject(p, "channel_msg", res->raw_msg);
         if (res->pay_data.len) {
-            cJSON *pd = cJSON_ParseWithLength(res->pay_data.data, res->pay_data.len);
+            cJSON *pd = gw_json_parse(res->pay_data.data, res->pay_data.len);
             if (pd) cJSON_AddItemToObject(p, "pay_data", pd);
         }
     }
@@ -1252,7 +1252,7 @@ static void routes_redis_cb(void *udata, gw_err_t err, redisReply *r)
 {
     api_req_t *a = udata;
     if (err == GW_OK && r && r->type == REDIS_REPLY_STRING) {
-        cJSON *j = cJSON_ParseWithLength(r->str, r->len);
+        cJSON *j = gw_json_parse(r->str, r->len);
         if (j) {
             routes_ready(a, j);
             routes_put(jstr(a->body, "shop_id"), j);
@@ -1281,7 +1281,7 @@ static void create_validated(api_req_t *a)
  * counter. */
 static int rotation_prefetch_key(api_req_t *a, char *key, size_t len)
 {
-    if (a->body == NULL) a->body = cJSON_ParseWithLength(a->req->body.data, a->req->body.len);
+    if (a->body == NULL) a->body = gw_json_parse(a->req->body.data, a->req->body.len);
     const char *shop = cJSON_IsObject(a->body) ? jstr(a->body, "shop_id") : NULL;
     const cJSON *routes = shop && jstr(a->body, "method") ? routes_cached(shop) : NULL;
     const cJSON *bindings = routes ? shop_bindings(a, routes) : NULL;
@@ -1310,7 +1310,7 @@ static const char *check_str(const cJSON *b, const char *key, int required, size
 static void create_authed(api_req_t *a)
 {
     gw_http_req_t *r = a->req;
-    if (a->body == NULL) a->body = cJSON_ParseWithLength(r->body.data, r->body.len); /* or rotation_prefetch_key did */
+    if (a->body == NULL) a->body = gw_json_parse(r->body.data, r->body.len); /* or rotation_prefetch_key did */
     if (a->body == NULL || !cJSON_IsObject(a->body)) {
         api_error(a, 400, "invalid_json", "the body must be a JSON object");
         return;
@@ -1794,7 +1794,7 @@ static void refund_create_cb(void *udata, gw_err_t err, cJSON *j)
 static void refund_authed(api_req_t *a)
 {
     gw_http_req_t *r = a->req;
-    a->body = cJSON_ParseWithLength(r->body.data, r->body.len);
+    a->body = gw_json_parse(r->body.data, r->body.len);
     if (a->body == NULL || !cJSON_IsObject(a->body)) {
         api_error(a, 400, "invalid_json", "the body must be a JSON object");
         return;

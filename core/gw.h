@@ -38,6 +38,18 @@ void gw_buf_init(gw_buf_t *b, size_t max);
 void gw_buf_free(gw_buf_t *b);
 void gw_buf_reset(gw_buf_t *b);
 gw_err_t gw_buf_append(gw_buf_t *b, const void *p, size_t n);
+/* Room for extra more bytes (and the NUL) without another allocation, so
+ * that a writer can copy pieces with gw_buf_put_reserved; GW_ETOOBIG past
+ * max. */
+gw_err_t gw_buf_reserve(gw_buf_t *b, size_t extra);
+/* Appends n bytes into room gw_buf_reserve made (no check, no NUL: the
+ * writer ends with gw_buf_put_end). */
+static inline void gw_buf_put_reserved(gw_buf_t *b, const void *p, size_t n)
+{
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+static inline void gw_buf_put_end(gw_buf_t *b) { b->data[b->len] = '\0'; }
 gw_err_t gw_buf_appendf(gw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 gw_err_t gw_buf_appends(gw_buf_t *b, const char *s);
 /* Remove the first n bytes. */

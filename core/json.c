@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,6 +188,220 @@ char *gw_json_print(const cJSON *j)
         return NULL;
     }
     return b.data; /* NUL-terminated by gw_buf_append */
+}
+
+/* ------------------------------------------------------------------ */
+/* parsing (json.h) */
+
+typedef struct {
+    const unsigned char *p, *end;
+} jp_t;
+
+#define JP_MAX_DEPTH 64
+#define JP_MAX_DIGITS 15 /* every integer of up to 15 digits is exact in a double */
+
+static void jp_ws(jp_t *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+}
+
+static cJSON *jp_item(int type)
+{
+    cJSON *c = cJSON_malloc(sizeof(cJSON));
+    if (c) {
+        memset(c, 0, sizeof(*c));
+        c->type = type;
+    }
+    return c;
+}
+
+/* The string whose opening quote is at j->p, from cJSON_malloc; NULL to
+ * decline (\u escapes, raw control characters, no closing quote). */
+static char *jp_string(jp_t *j)
+{
+    const unsigned char *s = j->p + 1, *q = s;
+    size_t esc = 0;
+    for (;;) {
+        /* (eight bytes at a time measured no better: the strings are short) */
+        while (q < j->end && *q >= 0x20 && *q != '"' && *q != '\\') q++;
+        if (q >= j->end || *q < 0x20) return NULL;
+        if (*q == '"') break;
+        /* a backslash */
+        if (q + 1 >= j->end) return NULL;
+        switch (q[1]) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+            break;
+        default:
+            return NULL;
+        }
+        esc++;
+        q += 2;
+    }
+    size_t n = (size_t)(q - s) - esc;
+    char *out = cJSON_malloc(n + 1);
+    if (out == NULL) return NULL;
+    if (esc == 0) {
+        memcpy(out, s, n);
+    } else {
+        char *o = out;
+        for (const unsigned char *r = s; r < q; r++) {
+            if (*r != '\\') {
+                *o++ = (char)*r;
+                continue;
+            }
+            r++;
+            switch (*r) {
+            case 'b': *o++ = '\b'; break;
+            case 'f': *o++ = '\f'; break;
+            case 'n': *o++ = '\n'; break;
+            case 'r': *o++ = '\r'; break;
+            case 't': *o++ = '\t'; break;
+            default: *o++ = (char)*r; break; /* " \ / */
+            }
+        }
+    }
+    out[n] = '\0';
+    j->p = q + 1;
+    return out;
+}
+
+static cJSON *jp_value(jp_t *j, int depth);
+
+/* An object or array at j->p ('{' or '['), its members linked as cJSON
+ * links them (the first one's prev is the last). */
+static cJSON *jp_container(jp_t *j, int depth)
+{
+    int obj = *j->p == '{';
+    unsigned char close = obj ? '}' : ']';
+    cJSON *c = jp_item(obj ? cJSON_Object : cJSON_Array), *last = NULL;
+    if (c == NULL) return NULL;
+    j->p++;
+    jp_ws(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        return c;
+    }
+    for (;;) {
+        char *key = NULL;
+        if (obj) {
+            jp_ws(j);
+            if (j->p >= j->end || *j->p != '"' || (key = jp_string(j)) == NULL) goto decline;
+            jp_ws(j);
+            if (j->p >= j->end || *j->p != ':') {
+                cJSON_free(key);
+                goto decline;
+            }
+            j->p++;
+        }
+        cJSON *v = jp_value(j, depth + 1);
+        if (v == NULL) {
+            cJSON_free(key);
+            goto decline;
+        }
+        v->string = key;
+        if (last) {
+            last->next = v;
+            v->prev = last;
+        } else {
+            c->child = v;
+        }
+        last = v;
+        jp_ws(j);
+        if (j->p >= j->end) goto decline;
+        if (*j->p == ',') {
+            j->p++;
+            continue;
+        }
+        if (*j->p != close) goto decline;
+        j->p++;
+        c->child->prev = last;
+        return c;
+    }
+decline:
+    if (last) c->child->prev = last;
+    cJSON_Delete(c);
+    return NULL;
+}
+
+static cJSON *jp_number(jp_t *j)
+{
+    const unsigned char *q = j->p;
+    int neg = *q == '-';
+    if (neg) q++;
+    int64_t v = 0;
+    int digits = 0;
+    while (q < j->end && *q >= '0' && *q <= '9' && digits <= JP_MAX_DIGITS) {
+        v = v * 10 + (*q - '0');
+        q++;
+        digits++;
+    }
+    /* fractions, exponents and longer integers: strtod's reading, cJSON's */
+    if (digits == 0 || digits > JP_MAX_DIGITS ||
+        (q < j->end && (*q == '.' || *q == 'e' || *q == 'E' || *q == '+' || *q == '-' ||
+                        (*q >= '0' && *q <= '9'))))
+        return NULL;
+    cJSON *c = jp_item(cJSON_Number);
+    if (c == NULL) return NULL;
+    double d = neg ? -(double)v : (double)v;
+    c->valuedouble = d;
+    c->valueint = d >= INT_MAX ? INT_MAX : d <= (double)INT_MIN ? INT_MIN : (int)d;
+    j->p = q;
+    return c;
+}
+
+static int jp_literal(const jp_t *j, const char *lit, size_t n)
+{
+    return (size_t)(j->end - j->p) >= n && memcmp(j->p, lit, n) == 0;
+}
+
+static cJSON *jp_value(jp_t *j, int depth)
+{
+    jp_ws(j);
+    if (j->p >= j->end || depth > JP_MAX_DEPTH) return NULL;
+    unsigned char ch = *j->p;
+    cJSON *c = NULL;
+    if (ch == '"') {
+        char *s = jp_string(j);
+        if (s == NULL) return NULL;
+        if ((c = jp_item(cJSON_String)) == NULL) {
+            cJSON_free(s);
+            return NULL;
+        }
+        c->valuestring = s;
+    } else if (ch == '{' || ch == '[') {
+        c = jp_container(j, depth);
+    } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+        c = jp_number(j);
+    } else if (jp_literal(j, "null", 4)) {
+        if ((c = jp_item(cJSON_NULL))) j->p += 4;
+    } else if (jp_literal(j, "false", 5)) {
+        if ((c = jp_item(cJSON_False))) j->p += 5;
+    } else if (jp_literal(j, "true", 4)) {
+        if ((c = jp_item(cJSON_True))) {
+            c->valueint = 1;
+            j->p += 4;
+        }
+    }
+    return c;
+}
+
+cJSON *gw__json_parse_fast(const char *text, size_t len)
+{
+    if (text == NULL || len == 0) return NULL;
+    jp_t j = { (const unsigned char *)text, (const unsigned char *)text + len };
+    cJSON *c = jp_value(&j, 0);
+    if (c) {
+        jp_ws(&j);
+        if (j.p == j.end) return c;
+        cJSON_Delete(c); /* something after the value: as cJSON would take it */
+    }
+    return NULL;
+}
+
+cJSON *gw_json_parse(const char *text, size_t len)
+{
+    cJSON *c = gw__json_parse_fast(text, len);
+    return c ? c : cJSON_ParseWithLength(text, len);
 }
 
 /* ------------------------------------------------------------------ */

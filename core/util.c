@@ -107,6 +107,11 @@ static gw_err_t gw__buf_reserve(gw_buf_t *b, size_t extra)
     return GW_OK;
 }
 
+gw_err_t gw_buf_reserve(gw_buf_t *b, size_t extra)
+{
+    return gw__buf_reserve(b, extra);
+}
+
 gw_err_t gw_buf_append(gw_buf_t *b, const void *p, size_t n)
 {
     gw_err_t rc = gw__buf_reserve(b, n);

@@ -548,7 +548,7 @@ static void test_host_xml_roundtrip(void **state)
     const gw_host_api_t *h = gw_host_api();
     static const char *const vals[][2] = {
         { "a", "x]]>y" }, { "b", "]]>" }, { "c", "]]]]>>" }, { "d", "<tag attr=\"1\">&amp;</tag>" },
-        { "e", "" }, { "f", "line1\nline2\ttab" }, { "g", "]]" },
+        { "e", "" }, { "f", "line1\nline2\ttab" }, { "g", "]]" }, { "h", "]]>]]>a]]>" },
     };
     gw_kv_t *kv = h->kv_new();
     for (size_t i = 0; i < GW_ARRAY_SIZE(vals); i++)
@@ -558,6 +558,8 @@ static void test_host_xml_roundtrip(void **state)
     assert_int_equal(h->kv_to_xml(kv, &out), GW_OK);
     assert_non_null(strstr(out.data, "<a><![CDATA[x]]]]><![CDATA[>y]]></a>"));
     assert_non_null(strstr(out.data, "<e><![CDATA[]]></e>"));
+    assert_non_null(strstr(out.data, "<h><![CDATA[]]]]><![CDATA[>]]]]><![CDATA[>a]]]]><![CDATA[>]]></h>"));
+    assert_int_equal(out.len, strlen(out.data));
     gw_kv_t *back = h->kv_new();
     assert_int_equal(h->kv_parse_xml(back, out.data, out.len), GW_OK);
     assert_int_equal(h->kv_count(back), GW_ARRAY_SIZE(vals));

@@ -329,6 +329,118 @@ static void test_parse_ts(void **state)
     assert_int_equal(gw_parse_ts_ms(""), 0);
 }
 
+/* ---- parsing: gw_json_parse gives cJSON's tree ---- */
+
+static void same_tree(const cJSON *a, const cJSON *b)
+{
+    if (a == NULL || b == NULL) {
+        assert_ptr_equal(a, b);
+        return;
+    }
+    assert_int_equal(a->type, b->type);
+    if (a->string || b->string) {
+        assert_non_null(a->string);
+        assert_non_null(b->string);
+        assert_string_equal(a->string, b->string);
+    }
+    if (a->valuestring || b->valuestring) {
+        assert_non_null(a->valuestring);
+        assert_non_null(b->valuestring);
+        assert_string_equal(a->valuestring, b->valuestring);
+    }
+    assert_int_equal(a->valueint, b->valueint);
+    assert_memory_equal(&a->valuedouble, &b->valuedouble, sizeof(double));
+    const cJSON *x = a->child, *y = b->child, *lx = NULL, *ly = NULL;
+    for (; x && y; lx = x, ly = y, x = x->next, y = y->next) {
+        if (lx) assert_ptr_equal(x->prev, lx);
+        if (ly) assert_ptr_equal(y->prev, ly);
+        same_tree(x, y);
+    }
+    assert_null(x);
+    assert_null(y);
+    if (a->child) assert_ptr_equal(a->child->prev, lx);
+    if (b->child) assert_ptr_equal(b->child->prev, ly);
+}
+
+static int fast_taken;
+
+static void parse_same(const char *text, size_t len)
+{
+    cJSON *want = cJSON_ParseWithLength(text, len);
+    cJSON *fast = gw__json_parse_fast(text, len);
+    cJSON *got = gw_json_parse(text, len);
+    if (fast) {
+        fast_taken++;
+        same_tree(fast, want);
+    }
+    same_tree(got, want);
+    cJSON_Delete(fast);
+    cJSON_Delete(got);
+    cJSON_Delete(want);
+}
+
+static void test_parse_generated(void **state)
+{
+    (void)state;
+    int n = 0;
+    fast_taken = 0;
+    for (int i = 0; i < 20000; i++) {
+        cJSON *j = random_tree(0);
+        char *texts[2] = { cJSON_PrintUnformatted(j), cJSON_Print(j) };
+        for (int t = 0; t < 2; t++) {
+            char *s = texts[t];
+            if (s == NULL) continue;
+            size_t len = strlen(s);
+            parse_same(s, len);
+            n++;
+            /* a prefix, a changed byte, something after the value */
+            if (len > 1) parse_same(s, next() % len);
+            char *m = malloc(len + 3);
+            memcpy(m, s, len);
+            if (len) m[next() % len] = "{}[]\",:\\ 0-.eE9an\x01"[next() % 19];
+            parse_same(m, len);
+            memcpy(m, s, len);
+            memcpy(m + len, next() % 2 ? " x" : "  ", 2);
+            parse_same(m, len + 2);
+            free(m);
+            cJSON_free(s);
+        }
+        cJSON_Delete(j);
+    }
+    /* the one pass took a fair share: the comparison means something */
+    assert_true(fast_taken > n / 4);
+}
+
+static void test_parse_cases(void **state)
+{
+    (void)state;
+    static const char *const cases[] = {
+        "{\"created\":true,\"order\":{\"id\":1795816129001,\"amount\":1,\"subject\":\"a\\\"b\\\\c\\/d\\n\","
+        "\"pay_data\":{\"code_url\":\"weixin://x\"},\"paid_at\":null,\"x\":false,\"arr\":[1,-2,[],{}]}}",
+        "\"\\u00e9\"", "\"\\ud83d\\ude00\"", "1.5", "1e3", "-0", "0", "007", "-", "-a", "--1",
+        "123456789012345", "1234567890123456", "-999999999999999", "2147483647", "2147483648",
+        "-2147483649", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "{a:1}", "  {}  ", "\xEF\xBB\xBF{}", "{}x",
+        "nul", "null", "true", "false", "truex", "[true,false,null]", "\"a\x01b\"", "\"\\x\"",
+        "\"unterminated", "{\"a\":\"\xe4\xb8\xad\xe6\x96\x87\"}", "[1 2]", "{\"a\":1 \"b\":2}", "[",
+        "]", "{", "\"\\", "[-]", "[1e]", "[.5]", "{\"k\":\"v\",\"k\":\"w\"}", "\t\r\n[\n1\t]\r", "",
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) parse_same(cases[i], strlen(cases[i]));
+    /* nesting: 60 levels in one pass, 200 through cJSON */
+    char deep[512];
+    for (int d = 60; d <= 200; d += 140) {
+        memset(deep, '[', (size_t)d);
+        memset(deep + d, ']', (size_t)d);
+        parse_same(deep, (size_t)d * 2);
+    }
+    parse_same(NULL, 0);
+    /* an order row is taken by the one pass */
+    const char *row = cases[0];
+    cJSON *fast = gw__json_parse_fast(row, strlen(row));
+    assert_non_null(fast);
+    assert_string_equal(gw_json_get(gw_json_get(fast, "order"), "subject")->valuestring, "a\"b\\c/d\n");
+    cJSON_Delete(fast);
+}
+
 int main(void)
 {
     gw_json_alloc_init();
@@ -338,6 +450,8 @@ int main(void)
         cmocka_unit_test(test_bounded),
         cmocka_unit_test(test_view),
         cmocka_unit_test(test_get),
+        cmocka_unit_test(test_parse_generated),
+        cmocka_unit_test(test_parse_cases),
         cmocka_unit_test(test_parse_ts),
         cmocka_unit_test(test_alloc_cache),
         cmocka_unit_test(test_alloc_threads),
