@@ -14,6 +14,7 @@
  *   gwload idle    --port P --conns 10000 --path /healthz --hold S --ready-file F
  *   gwload serve   --port P                         (a bare HTTP/1.1 server on one loop)
  *   gwload sp-stub --port P --merchants MCH:KEY,…    (a Swiftpass gateway stub in C, below)
+ *   gwload mock-stub --port P --key KEY              (the mock channel's peer in C, below)
  *
  * Common options: --host 127.0.0.1, --conns N (64), --duration S (20),
  * --warmup S (3: requests finishing in the first S seconds are not counted),
@@ -56,7 +57,7 @@
 
 /* ------------------------------------------------------------------ options */
 
-enum mode { M_CREATE, M_NOTIFY, M_GET, M_SPPAY, M_IDLE, M_SERVE, M_SPSTUB };
+enum mode { M_CREATE, M_NOTIFY, M_GET, M_SPPAY, M_IDLE, M_SERVE, M_SPSTUB, M_MOCKSTUB };
 
 static struct {
     enum mode mode;
@@ -879,7 +880,9 @@ static void load_orders(void)
 typedef struct sconn {
     uv_tcp_t tcp;
     buf_t in;
-    int scan; /* where to resume looking for the end of headers */
+    int scan;    /* where to resume looking for the end of headers */
+    int pending; /* mock-stub: answers waiting for their latency */
+    int closed;  /* the handle is closed; freed when nothing is pending */
 } sconn_t;
 
 static const char SERVE_RESP[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n"
@@ -888,6 +891,8 @@ static const char SERVE_RESP[] = "HTTP/1.1 200 OK\r\nContent-Type: application/j
 static void s_closed(uv_handle_t *h)
 {
     sconn_t *c = h->data;
+    c->closed = 1;
+    if (c->pending > 0) return; /* the last delayed answer frees it */
     free(c->in.p);
     free(c);
 }
@@ -1020,9 +1025,13 @@ static void stub_sign(xkv_t *kv, int n, const char *key, char out[33])
     buf_t s = { 0 };
     for (int i = 0; i < n; i++) {
         if (!kv[i].v[0] || strcmp(kv[i].k, "sign") == 0) continue;
-        buf_addf(&s, "%s%s=%s", s.len ? "&" : "", kv[i].k, kv[i].v);
+        if (s.len) buf_add(&s, "&", 1);
+        buf_add(&s, kv[i].k, strlen(kv[i].k));
+        buf_add(&s, "=", 1);
+        buf_add(&s, kv[i].v, strlen(kv[i].v));
     }
-    buf_addf(&s, "&key=%s", key);
+    buf_add(&s, "&key=", 5);
+    buf_add(&s, key, strlen(key));
     md5_hex_upper(s.p, s.len, out);
     free(s.p);
 }
@@ -1032,6 +1041,14 @@ static void http_answer(buf_t *out, const char *type, const buf_t *body)
     buf_addf(out, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: keep-alive\r\n\r\n",
              type, body->len);
     buf_add(out, body->p, body->len);
+}
+
+static void xcopy(char *dst, size_t cap, const char *v)
+{
+    size_t n = strlen(v);
+    if (n >= cap) n = cap - 1;
+    memcpy(dst, v, n);
+    dst[n] = '\0';
 }
 
 static void stub_answer(const char *body, size_t blen, buf_t *out)
@@ -1060,17 +1077,19 @@ static void stub_answer(const char *body, size_t blen, buf_t *out)
     const char *fee = xget(in, n, "total_fee");
     uint64_t seq = ++stub_seq;
     int a = 0;
-#define PUT(K, ...) do { snprintf(ans[a].k, sizeof(ans[a].k), "%s", K); \
-                         snprintf(ans[a].v, sizeof(ans[a].v), __VA_ARGS__); a++; } while (0)
-    PUT("version", "2.0");
-    PUT("charset", "UTF-8");
-    PUT("status", "0");
-    PUT("sign_type", "MD5");
-    PUT("mch_id", "%s", mch);
+    /* (formatting only where a value needs it: printf was a fifth of the
+     * stub's time) */
+#define PUT(K, ...) do { strcpy(ans[a].k, K); snprintf(ans[a].v, sizeof(ans[a].v), __VA_ARGS__); a++; } while (0)
+#define PUTS(K, V) do { strcpy(ans[a].k, K); xcopy(ans[a].v, sizeof(ans[a].v), V); a++; } while (0)
+    PUTS("version", "2.0");
+    PUTS("charset", "UTF-8");
+    PUTS("status", "0");
+    PUTS("sign_type", "MD5");
+    PUTS("mch_id", mch);
     PUT("nonce_str", "%016" PRIx64 "%016" PRIx64, seq * (uint64_t)0x9E3779B97F4A7C15u, seq);
     if (service && (strcmp(service, "unified.trade.native") == 0 || strcmp(service, "pay.weixin.native") == 0 ||
                     strcmp(service, "pay.alipay.native") == 0)) {
-        PUT("result_code", "0");
+        PUTS("result_code", "0");
         PUT("code_url", "weixin://wxpay/bizpayurl?pr=stub%" PRIu64, seq);
         PUT("code_img_url", "https://stub.invalid/qr/%" PRIu64, seq);
         PUT("uuid", "stub%" PRIu64, seq);
@@ -1079,33 +1098,203 @@ static void stub_answer(const char *body, size_t blen, buf_t *out)
         time_t t = time(NULL) + 8 * 3600;
         struct tm tm;
         gmtime_r(&t, &tm);
-        PUT("result_code", "0");
-        PUT("pay_result", "0");
-        PUT("need_query", "N");
-        PUT("trade_type", "pay.weixin.micropay");
-        PUT("out_trade_no", "%s", otn ? otn : "");
-        PUT("total_fee", "%s", fee ? fee : "");
-        PUT("cash_fee", "%s", fee ? fee : "");
-        PUT("fee_type", "CNY");
+        PUTS("result_code", "0");
+        PUTS("pay_result", "0");
+        PUTS("need_query", "N");
+        PUTS("trade_type", "pay.weixin.micropay");
+        PUTS("out_trade_no", otn ? otn : "");
+        PUTS("total_fee", fee ? fee : "");
+        PUTS("cash_fee", fee ? fee : "");
+        PUTS("fee_type", "CNY");
         PUT("transaction_id", "%.32s%010" PRIu64, mch, seq);
         PUT("out_transaction_id", "4200%018" PRIu64, seq);
         PUT("openid", "oStubOpenId%06" PRIu64, seq % 1000000);
-        PUT("bank_type", "CFT");
+        PUTS("bank_type", "CFT");
         PUT("time_end", "%04d%02d%02d%02d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
             tm.tm_hour, tm.tm_min, tm.tm_sec);
     } else {
-        PUT("result_code", "1");
-        PUT("err_code", "SYSTEMERROR");
-        PUT("err_msg", "not simulated by the bench stub");
+        PUTS("result_code", "1");
+        PUTS("err_code", "SYSTEMERROR");
+        PUTS("err_msg", "not simulated by the bench stub");
     }
 #undef PUT
+#undef PUTS
     char sig[33];
     stub_sign(ans, a, key, sig);
     buf_add(&xml, "<xml>", 5);
-    for (int i = 0; i < a; i++) buf_addf(&xml, "<%s><![CDATA[%s]]></%s>\n", ans[i].k, ans[i].v, ans[i].k);
-    buf_addf(&xml, "<sign><![CDATA[%s]]></sign>\n</xml>", sig);
+    for (int i = 0; i < a; i++) {
+        size_t kl = strlen(ans[i].k);
+        buf_add(&xml, "<", 1);
+        buf_add(&xml, ans[i].k, kl);
+        buf_add(&xml, "><![CDATA[", 10);
+        buf_add(&xml, ans[i].v, strlen(ans[i].v));
+        buf_add(&xml, "]]></", 5);
+        buf_add(&xml, ans[i].k, kl);
+        buf_add(&xml, ">\n", 2);
+    }
+    buf_add(&xml, "<sign><![CDATA[", 15);
+    buf_add(&xml, sig, 32);
+    buf_add(&xml, "]]></sign>\n</xml>", 17);
     http_answer(out, "text/xml; charset=UTF-8", &xml);
     free(xml.p);
+}
+
+/* ---- mock-stub: the peer of the test channel test/channels/mock (its
+ * protocol is at the top of mock.c), as test/sim/mock.js answers it, in C:
+ * the slow channel of the bench's slow phase, whose 200 held orders cost
+ * mock.js 6-7 % of a core that the fast channel then lacked.  It verifies
+ * X-Mock-Signature (401 otherwise), answers pay with PENDING and a code_url
+ * (method 16, barcode: SUCCESS), query with NOT_PAID, close with CLOSED,
+ * each signed, after the latency POST /_sim/settings {"latency_ms": N}
+ * sets; GET /_sim/health answers at once.  --key is the merchant key. */
+
+static long mock_latency_ms;
+static uint64_t mock_seq;
+
+typedef struct mdelay {
+    uv_timer_t t;
+    sconn_t *c;
+    char *data;
+    size_t len;
+} mdelay_t;
+
+/* a string or integer member of a flat JSON object, as text (no escapes) */
+static int json_field(const char *body, size_t n, const char *key, char *out, size_t cap)
+{
+    char pat[64];
+    int pl = snprintf(pat, sizeof(pat), "\"%s\":", key);
+    const char *p = memmem(body, n, pat, (size_t)pl), *e = body + n;
+    if (p == NULL) return 0;
+    p += pl;
+    while (p < e && *p == ' ') p++;
+    size_t l = 0;
+    if (p < e && *p == '"') {
+        for (p++; p < e && *p != '"' && l + 1 < cap; p++) out[l++] = *p;
+    } else {
+        for (; p < e && (*p == '-' || (*p >= '0' && *p <= '9')) && l + 1 < cap; p++) out[l++] = *p;
+    }
+    out[l] = '\0';
+    return l > 0;
+}
+
+static void mdelay_closed(uv_handle_t *h)
+{
+    mdelay_t *d = h->data;
+    sconn_t *c = d->c;
+    free(d->data);
+    free(d);
+    if (--c->pending == 0 && c->closed) {
+        free(c->in.p);
+        free(c);
+    }
+}
+
+static void mdelay_fire(uv_timer_t *t)
+{
+    mdelay_t *d = t->data;
+    if (!d->c->closed) {
+        swr_t *r = malloc(sizeof(*r));
+        r->data = d->data;
+        d->data = NULL;
+        uv_buf_t wb = uv_buf_init(r->data, (unsigned)d->len);
+        if (uv_write(&r->w, (uv_stream_t *)&d->c->tcp, &wb, 1, s_written) != 0) {
+            free(r->data);
+            free(r);
+        }
+    }
+    uv_close((uv_handle_t *)t, mdelay_closed);
+}
+
+static void json_answer(buf_t *out, int code, const buf_t *body)
+{
+    buf_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\nConnection: keep-alive\r\n\r\n",
+             code, code == 200 ? "OK" : code == 401 ? "Unauthorized" : "Not Found", body->len);
+    buf_add(out, body->p, body->len);
+}
+
+/* Answers one request into out, or schedules the answer (the latency). */
+static void mock_answer(sconn_t *c, const char *path, const char *sig, const char *body, size_t blen, buf_t *out)
+{
+    buf_t j = { 0 };
+    if (strcmp(path, "/_sim/health") == 0) {
+        buf_add(&j, "{\"ok\":true}", 11);
+        json_answer(out, 200, &j);
+        free(j.p);
+        return;
+    }
+    if (strcmp(path, "/_sim/settings") == 0) {
+        char v[32];
+        if (json_field(body, blen, "latency_ms", v, sizeof(v))) mock_latency_ms = atol(v);
+        buf_addf(&j, "{\"latency_ms\":%ld,\"fail\":false}", mock_latency_ms);
+        json_answer(out, 200, &j);
+        free(j.p);
+        return;
+    }
+    char want[65];
+    hmac_sha256_hex(opt.key, body, blen, want);
+    if (sig == NULL || strcmp(sig, want) != 0) {
+        buf_add(&j, "{\"error\":\"bad signature\"}", 25);
+        json_answer(out, 401, &j);
+        free(j.p);
+        return;
+    }
+    char otn[80] = "", mch[64] = "", amount[24] = "", method[8] = "", code_url[64] = "", trade_no[40] = "";
+    json_field(body, blen, "out_trade_no", otn, sizeof(otn));
+    json_field(body, blen, "mch_id", mch, sizeof(mch));
+    json_field(body, blen, "amount", amount, sizeof(amount));
+    json_field(body, blen, "method", method, sizeof(method));
+    const char *status, *msg = "served by the bench stub";
+    if (strcmp(path, "/pay") == 0) {
+        status = strcmp(method, "16") == 0 ? "SUCCESS" : "PENDING";
+        snprintf(trade_no, sizeof(trade_no), "M%012" PRIx64, ++mock_seq);
+        if (strcmp(status, "PENDING") == 0) snprintf(code_url, sizeof(code_url), "mock://qr/%s", trade_no);
+    } else if (strcmp(path, "/query") == 0) {
+        status = "NOT_PAID";
+        msg = "no such order";
+        amount[0] = '\0';
+    } else if (strcmp(path, "/close") == 0) {
+        status = "CLOSED";
+        amount[0] = '\0';
+    } else {
+        buf_add(&j, "{\"error\":\"no such op\"}", 22);
+        json_answer(out, 404, &j);
+        free(j.p);
+        return;
+    }
+    /* the signed fields present, in byte order: amount code_url mch_id msg
+     * out_trade_no status trade_no */
+    buf_t ss = { 0 };
+    if (amount[0]) buf_addf(&ss, "amount=%s&", amount);
+    if (code_url[0]) buf_addf(&ss, "code_url=%s&", code_url);
+    if (mch[0]) buf_addf(&ss, "mch_id=%s&", mch);
+    buf_addf(&ss, "msg=%s&", msg);
+    if (otn[0]) buf_addf(&ss, "out_trade_no=%s&", otn);
+    buf_addf(&ss, "status=%s", status);
+    if (trade_no[0]) buf_addf(&ss, "&trade_no=%s", trade_no);
+    char s2[65];
+    hmac_sha256_hex(opt.key, ss.p, ss.len, s2);
+    free(ss.p);
+    buf_addf(&j, "{\"status\":\"%s\",\"out_trade_no\":\"%s\",\"mch_id\":\"%s\",\"msg\":\"%s\"", status, otn, mch, msg);
+    if (amount[0]) buf_addf(&j, ",\"amount\":%s", amount);
+    if (trade_no[0]) buf_addf(&j, ",\"trade_no\":\"%s\"", trade_no);
+    if (code_url[0]) buf_addf(&j, ",\"code_url\":\"%s\"", code_url);
+    buf_addf(&j, ",\"sig\":\"%s\"}", s2);
+    if (mock_latency_ms <= 0) {
+        json_answer(out, 200, &j);
+        free(j.p);
+        return;
+    }
+    buf_t later = { 0 };
+    json_answer(&later, 200, &j);
+    free(j.p);
+    mdelay_t *d = calloc(1, sizeof(*d));
+    d->c = c;
+    d->data = later.p;
+    d->len = later.len;
+    c->pending++;
+    uv_timer_init(R.loop, &d->t);
+    d->t.data = d;
+    uv_timer_start(&d->t, mdelay_fire, (uint64_t)mock_latency_ms, 0);
 }
 
 /* Answers every complete request (a Content-Length body is read) in order:
@@ -1132,7 +1321,26 @@ static void s_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         }
         if (c->in.len - off < hlen + (size_t)clen) break;
         if (opt.mode == M_SPSTUB) stub_answer(c->in.p + off + hlen, (size_t)clen, &out);
-        else buf_add(&out, SERVE_RESP, sizeof(SERVE_RESP) - 1);
+        else if (opt.mode == M_MOCKSTUB) {
+            char path[128] = "", sig[80] = "";
+            const char *h = c->in.p + off, *sp = memchr(h, ' ', hlen);
+            if (sp) {
+                size_t i = 0;
+                for (sp++; i + 1 < sizeof(path) && sp < e && *sp != ' ' && *sp != '?'; sp++) path[i++] = *sp;
+                path[i] = '\0';
+            }
+            for (const char *l = h; l && l < e; l = memchr(l, '\n', (size_t)(e - l))) {
+                if (*l == '\n') l++;
+                if (strncasecmp(l, "X-Mock-Signature:", 17) == 0) {
+                    const char *v = l + 17;
+                    while (*v == ' ') v++;
+                    size_t i = 0;
+                    while (i + 1 < sizeof(sig) && v < e && *v != '\r' && *v != '\n') sig[i++] = *v++;
+                    sig[i] = '\0';
+                }
+            }
+            mock_answer(c, path, sig[0] ? sig : NULL, c->in.p + off + hlen, (size_t)clen, &out);
+        } else buf_add(&out, SERVE_RESP, sizeof(SERVE_RESP) - 1);
         off += hlen + (size_t)clen;
     }
     memmove(c->in.p, c->in.p + off, c->in.len - off);
@@ -1181,7 +1389,8 @@ static int serve(void)
     uv_signal_start(&st, on_signal, SIGTERM);
     uv_signal_init(R.loop, &si);
     uv_signal_start(&si, on_signal, SIGINT);
-    printf("gwload %s on http://%s:%d\n", opt.mode == M_SPSTUB ? "swiftpass stub" : "serving", opt.host, opt.port);
+    printf("gwload %s on http://%s:%d\n",
+           opt.mode == M_SPSTUB ? "swiftpass stub" : opt.mode == M_MOCKSTUB ? "mock stub" : "serving", opt.host, opt.port);
     fflush(stdout);
     uv_run(R.loop, UV_RUN_DEFAULT);
     return 0;
@@ -1206,6 +1415,7 @@ int main(int argc, char **argv)
     else if (!strcmp(m, "idle")) opt.mode = M_IDLE;
     else if (!strcmp(m, "serve")) opt.mode = M_SERVE;
     else if (!strcmp(m, "sp-stub")) opt.mode = M_SPSTUB;
+    else if (!strcmp(m, "mock-stub")) opt.mode = M_MOCKSTUB;
     else die("unknown mode %s", m);
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -1246,6 +1456,10 @@ int main(int argc, char **argv)
     if (opt.mode == M_SERVE) return serve();
     if (opt.mode == M_SPSTUB) {
         stub_merchants();
+        return serve();
+    }
+    if (opt.mode == M_MOCKSTUB) {
+        need(opt.key, "key");
         return serve();
     }
 

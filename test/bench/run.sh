@@ -274,8 +274,16 @@ cat > "$WORK/sim-swiftpass.json" <<EOF
 EOF
 node test/sim/swiftpass.js --port "$SW_PORT" --config "$WORK/sim-swiftpass.json" > "$WORK/sim-swiftpass.log" 2>&1 &
 SW_PID=$!; PIDS+=("$SW_PID")
-node test/sim/mock.js --port "$MOCK_PORT" --key "$MOCK_KEY" > "$WORK/sim-mock.log" 2>&1 &
-MOCK_PID=$!; PIDS+=("$MOCK_PID")
+# The slow channel's side: the C stub (gwload mock-stub), or test/sim/mock.js
+# with BENCH_MOCK=node (its 200 held orders cost Node 6-7 % of a core).
+if [ "${BENCH_MOCK:-stub}" = node ]; then
+  node test/sim/mock.js --port "$MOCK_PORT" --key "$MOCK_KEY" > "$WORK/sim-mock.log" 2>&1 &
+  MOCK_PID=$!; MOCK_SIDE=mock-sim
+else
+  "$GWLOAD" mock-stub --port "$MOCK_PORT" --key "$MOCK_KEY" > "$WORK/sim-mock.log" 2>&1 &
+  MOCK_PID=$!; MOCK_SIDE=mock-stub
+fi
+PIDS+=("$MOCK_PID")
 wait_http "http://127.0.0.1:$SW_PORT/_sim/health"
 wait_http "http://127.0.0.1:$MOCK_PORT/_sim/health"
 SUB_KEYS="755437100001:bench-md5-key-755437100001,755437100002:bench-md5-key-755437100002,755437100003:bench-md5-key-755437100003"
@@ -401,7 +409,7 @@ if has_phase sqlcost; then
   sqlcost_phase
 fi
 
-WATCH="paygated=$PAYGATED_PID,postgres=+$PG_PID,redis=$REDIS_PID,$SW_SIDE=$SW_PID,mock-sim=$MOCK_PID"
+WATCH="paygated=$PAYGATED_PID,postgres=+$PG_PID,redis=$REDIS_PID,$SW_SIDE=$SW_PID,$MOCK_SIDE=$MOCK_PID"
 create() { # shop method tag [extra gwload args…]
   local shop=$1 method=$2 tag=$3; shift 3
   local expect='"status":"PENDING"'
