@@ -156,6 +156,13 @@ static void md5_hex_upper(const char *msg, size_t len, char out[33])
 
 static uint64_t now_ns(void) { return uv_hrtime(); }
 
+static int64_t epoch_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* ------------------------------------------------------------------ process CPU */
 
 typedef struct watch {
@@ -285,6 +292,13 @@ static struct {
     /* window counters */
     uint64_t completed, good, bad, conn_errors, conn_errors_total;
     uint32_t *lat_us;
+    /* completions and the slowest latency per TL_MS of the window: where a
+     * stall happened (a queue in the open loop) and when, to set beside
+     * PostgreSQL's log */
+#define TL_MS 250
+#define TL_MAX 2400
+    uint32_t tl_n[TL_MAX], tl_max_us[TL_MAX];
+    int64_t measure_epoch_ms;
     size_t nlat, caplat;
     uint64_t status_count[600];
     int bad_shown[600];
@@ -514,6 +528,11 @@ static int record(conn_t *c, int status, const char *body, size_t blen)
     }
     uint64_t us = (t - c->sent_ns) / 1000;
     R.lat_us[R.nlat++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+    uint64_t b = (t - R.t_measure) / (TL_MS * 1000000ull);
+    if (b < TL_MAX) {
+        R.tl_n[b]++;
+        if (us > R.tl_max_us[b]) R.tl_max_us[b] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+    }
     return ok;
 }
 
@@ -751,6 +770,7 @@ static void on_warm(uv_timer_t *t)
     (void)t;
     R.phase = 1;
     R.t_measure = now_ns();
+    R.measure_epoch_ms = epoch_ms();
     cpu_sample(0);
 }
 
@@ -783,6 +803,8 @@ static void on_tick(uv_timer_t *t)
         }
         R.phase = 1;
         R.t_measure = now_ns();
+        R.measure_epoch_ms = epoch_ms();
+    R.measure_epoch_ms = epoch_ms();
         cpu_sample(0);
         uv_timer_start(&R.hold_timer, on_end, (uint64_t)(opt.hold * 1000), 0);
     }
@@ -830,6 +852,11 @@ static void report(void)
             }
         printf("}");
         if (opt.mode == M_NOTIFY) printf(",\"orders\":%zu,\"wrapped\":%" PRIu64, R.norders, R.wrapped);
+        printf(",\"measure_start_ms\":%" PRId64 ",\"timeline_ms\":%d,\"timeline\":[", R.measure_epoch_ms, TL_MS);
+        size_t nb = (size_t)(win * 1000 / TL_MS) + 1;
+        for (size_t i = 0; i < nb && i < TL_MAX; i++)
+            printf("%s[%u,%.1f]", i ? "," : "", R.tl_n[i], R.tl_max_us[i] / 1000.0);
+        printf("]");
         if (opt.rate > 0) /* requests due but never sent: the server fell behind */
             printf(",\"offered_rate\":%.1f,\"unsent_at_end\":%" PRIu64, opt.rate, R.due > R.sent ? R.due - R.sent : 0);
     }
