@@ -47,7 +47,9 @@
 # (LD_PRELOAD for paygated: a diagnostic), BENCH_GLIBC_TUNABLES (for paygated: a
 # diagnostic), BENCH_PG_PIPELINE=N (postgres.max_pipeline:
 # a diagnostic), BENCH_PG_BATCH_INFLIGHT=N (postgres.batch_inflight), BENCH_SQL (SQL run as the
-# superuser before the phases: a diagnostic), BENCH_KEEP=1
+# superuser before the phases: a diagnostic), BENCH_MOCK=node (the slow
+# channel's side is test/sim/mock.js, not gwload mock-stub), BENCH_REL=DIR
+# (measure DIR/paygated instead of build/rel's), BENCH_KEEP=1
 # (keep the temp directory and services).
 #
 # Output: the table on stdout and in build/bench/results.md; the raw JSON of
