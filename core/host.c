@@ -526,6 +526,14 @@ static int xml_value_ok(const char *v, size_t n)
     return 1;
 }
 
+/* The next "]]>" in [p, end), or NULL (memchr first: values rarely hold
+ * a ']'). */
+static const char *cdata_end(const char *p, const char *end)
+{
+    if (p >= end || memchr(p, ']', (size_t)(end - p)) == NULL) return NULL;
+    return memmem(p, (size_t)(end - p), "]]>", 3);
+}
+
 /* A value containing "]]>" is split across two CDATA sections:
  * "a]]>b" → <![CDATA[a]]]]><![CDATA[>b]]>. */
 static gw_err_t host_kv_to_xml(const gw_kv_t *kv, gw_buf_t *out)
@@ -541,11 +549,8 @@ static gw_err_t host_kv_to_xml(const gw_kv_t *kv, gw_buf_t *out)
         if (!xml_name_ok(it->k, it->klen) || !xml_value_ok(it->v, it->vlen)) return GW_EINVAL;
         if (it->vlen > GW_KV_XML_MAX || it->klen > GW_KV_XML_MAX) return GW_ETOOBIG;
         need += 2 * it->klen + it->vlen + 17; /* <k><![CDATA[v]]></k> */
-        const char *p = it->v, *end = it->v + it->vlen, *hit;
-        while (p < end && memchr(p, ']', (size_t)(end - p)) && (hit = memmem(p, (size_t)(end - p), "]]>", 3))) {
+        for (const char *p = it->v, *end = it->v + it->vlen, *hit; (hit = cdata_end(p, end)); p = hit + 2)
             need += 12;
-            p = hit + 2;
-        }
         if (need > GW_KV_XML_MAX * 4) return GW_ETOOBIG;
     }
     gw_err_t rc = gw_buf_reserve(out, need);
@@ -558,7 +563,7 @@ static gw_err_t host_kv_to_xml(const gw_kv_t *kv, gw_buf_t *out)
         gw_buf_put_reserved(out, it->k, it->klen);
         PUT_LIT("><![CDATA[");
         const char *p = it->v, *end = it->v + it->vlen, *hit;
-        while (p < end && memchr(p, ']', (size_t)(end - p)) && (hit = memmem(p, (size_t)(end - p), "]]>", 3))) {
+        while ((hit = cdata_end(p, end))) {
             gw_buf_put_reserved(out, p, (size_t)(hit - p) + 2); /* up to "]]" */
             PUT_LIT("]]><![CDATA[");
             p = hit + 2; /* ">" starts the next section */

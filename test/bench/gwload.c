@@ -1063,11 +1063,11 @@ static void stub_sign(xkv_t *kv, int n, const char *key, char out[33])
     free(s.p);
 }
 
-static void http_answer(buf_t *out, const char *type, const buf_t *body)
+static void http_answer(buf_t *out, int code, const char *type, const char *body, size_t len)
 {
-    buf_addf(out, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: keep-alive\r\n\r\n",
-             type, body->len);
-    buf_add(out, body->p, body->len);
+    buf_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: keep-alive\r\n\r\n",
+             code, code == 200 ? "OK" : code == 401 ? "Unauthorized" : "Not Found", type, len);
+    buf_add(out, body, len);
 }
 
 static void xcopy(char *dst, size_t cap, const char *v)
@@ -1096,7 +1096,7 @@ static void stub_answer(const char *body, size_t blen, buf_t *out)
         buf_addf(&xml, "<xml><charset><![CDATA[UTF-8]]></charset>\n<message><![CDATA[%s]]></message>\n"
                        "<status><![CDATA[400]]></status>\n<version><![CDATA[2.0]]></version>\n</xml>",
                  n <= 0 ? "Parse xml error,please use UTF-8 encoded" : key == NULL ? "mch_id:Invalid" : "Signature error");
-        http_answer(out, "text/xml; charset=UTF-8", &xml);
+        http_answer(out, 200, "text/xml; charset=UTF-8", xml.p, xml.len);
         free(xml.p);
         return;
     }
@@ -1162,7 +1162,7 @@ static void stub_answer(const char *body, size_t blen, buf_t *out)
     buf_add(&xml, "<sign><![CDATA[", 15);
     buf_add(&xml, sig, 32);
     buf_add(&xml, "]]></sign>\n</xml>", 17);
-    http_answer(out, "text/xml; charset=UTF-8", &xml);
+    http_answer(out, 200, "text/xml; charset=UTF-8", xml.p, xml.len);
     free(xml.p);
 }
 
@@ -1232,37 +1232,32 @@ static void mdelay_fire(uv_timer_t *t)
     uv_close((uv_handle_t *)t, mdelay_closed);
 }
 
-static void json_answer(buf_t *out, int code, const buf_t *body)
+static void json_answer(buf_t *out, int code, const char *body, size_t len)
 {
-    buf_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\nConnection: keep-alive\r\n\r\n",
-             code, code == 200 ? "OK" : code == 401 ? "Unauthorized" : "Not Found", body->len);
-    buf_add(out, body->p, body->len);
+    http_answer(out, code, "application/json", body, len);
 }
+#define JSON_LIT(out, code, lit) json_answer(out, code, lit, sizeof(lit) - 1)
 
 /* Answers one request into out, or schedules the answer (the latency). */
 static void mock_answer(sconn_t *c, const char *path, const char *sig, const char *body, size_t blen, buf_t *out)
 {
     buf_t j = { 0 };
     if (strcmp(path, "/_sim/health") == 0) {
-        buf_add(&j, "{\"ok\":true}", 11);
-        json_answer(out, 200, &j);
-        free(j.p);
+        JSON_LIT(out, 200, "{\"ok\":true}");
         return;
     }
     if (strcmp(path, "/_sim/settings") == 0) {
         char v[32];
         if (json_field(body, blen, "latency_ms", v, sizeof(v))) mock_latency_ms = atol(v);
         buf_addf(&j, "{\"latency_ms\":%ld,\"fail\":false}", mock_latency_ms);
-        json_answer(out, 200, &j);
+        json_answer(out, 200, j.p, j.len);
         free(j.p);
         return;
     }
     char want[65];
     hmac_sha256_hex(opt.key, body, blen, want);
     if (sig == NULL || strcmp(sig, want) != 0) {
-        buf_add(&j, "{\"error\":\"bad signature\"}", 25);
-        json_answer(out, 401, &j);
-        free(j.p);
+        JSON_LIT(out, 401, "{\"error\":\"bad signature\"}");
         return;
     }
     char otn[80] = "", mch[64] = "", amount[24] = "", method[8] = "", code_url[64] = "", trade_no[40] = "";
@@ -1283,9 +1278,7 @@ static void mock_answer(sconn_t *c, const char *path, const char *sig, const cha
         status = "CLOSED";
         amount[0] = '\0';
     } else {
-        buf_add(&j, "{\"error\":\"no such op\"}", 22);
-        json_answer(out, 404, &j);
-        free(j.p);
+        JSON_LIT(out, 404, "{\"error\":\"no such op\"}");
         return;
     }
     /* the signed fields present, in byte order: amount code_url mch_id msg
@@ -1307,12 +1300,12 @@ static void mock_answer(sconn_t *c, const char *path, const char *sig, const cha
     if (code_url[0]) buf_addf(&j, ",\"code_url\":\"%s\"", code_url);
     buf_addf(&j, ",\"sig\":\"%s\"}", s2);
     if (mock_latency_ms <= 0) {
-        json_answer(out, 200, &j);
+        json_answer(out, 200, j.p, j.len);
         free(j.p);
         return;
     }
     buf_t later = { 0 };
-    json_answer(&later, 200, &j);
+    json_answer(&later, 200, j.p, j.len);
     free(j.p);
     mdelay_t *d = calloc(1, sizeof(*d));
     d->c = c;
@@ -1342,29 +1335,27 @@ static void s_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         if (e == NULL) break;
         size_t hlen = (size_t)(e - (c->in.p + off)) + 4;
         long clen = 0;
+        char sig[80] = ""; /* mock-stub's X-Mock-Signature */
         for (const char *l = c->in.p + off; l && l < e; l = memchr(l, '\n', (size_t)(e - l))) {
             if (*l == '\n') l++;
             if (strncasecmp(l, "Content-Length:", 15) == 0) clen = atol(l + 15);
+            else if (opt.mode == M_MOCKSTUB && strncasecmp(l, "X-Mock-Signature:", 17) == 0) {
+                const char *v = l + 17;
+                while (*v == ' ') v++;
+                size_t i = 0;
+                while (i + 1 < sizeof(sig) && v < e && *v != '\r' && *v != '\n') sig[i++] = *v++;
+                sig[i] = '\0';
+            }
         }
         if (c->in.len - off < hlen + (size_t)clen) break;
         if (opt.mode == M_SPSTUB) stub_answer(c->in.p + off + hlen, (size_t)clen, &out);
         else if (opt.mode == M_MOCKSTUB) {
-            char path[128] = "", sig[80] = "";
-            const char *h = c->in.p + off, *sp = memchr(h, ' ', hlen);
+            char path[128] = "";
+            const char *sp = memchr(c->in.p + off, ' ', hlen);
             if (sp) {
                 size_t i = 0;
                 for (sp++; i + 1 < sizeof(path) && sp < e && *sp != ' ' && *sp != '?'; sp++) path[i++] = *sp;
                 path[i] = '\0';
-            }
-            for (const char *l = h; l && l < e; l = memchr(l, '\n', (size_t)(e - l))) {
-                if (*l == '\n') l++;
-                if (strncasecmp(l, "X-Mock-Signature:", 17) == 0) {
-                    const char *v = l + 17;
-                    while (*v == ' ') v++;
-                    size_t i = 0;
-                    while (i + 1 < sizeof(sig) && v < e && *v != '\r' && *v != '\n') sig[i++] = *v++;
-                    sig[i] = '\0';
-                }
             }
             mock_answer(c, path, sig[0] ? sig : NULL, c->in.p + off + hlen, (size_t)clen, &out);
         } else buf_add(&out, SERVE_RESP, sizeof(SERVE_RESP) - 1);
