@@ -15,6 +15,7 @@
  *   gwload serve   --port P                         (a bare HTTP/1.1 server on one loop)
  *   gwload sp-stub --port P --merchants MCH:KEY,…    (a Swiftpass gateway stub in C, below)
  *   gwload mock-stub --port P --key KEY              (the mock channel's peer in C, below)
+ *   gwload probe                                     (the machine's speed now, below)
  *
  * Common options: --host 127.0.0.1, --conns N (64), --duration S (20),
  * --warmup S (3: requests finishing in the first S seconds are not counted),
@@ -52,12 +53,13 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------ options */
 
-enum mode { M_CREATE, M_NOTIFY, M_GET, M_SPPAY, M_IDLE, M_SERVE, M_SPSTUB, M_MOCKSTUB };
+enum mode { M_CREATE, M_NOTIFY, M_GET, M_SPPAY, M_IDLE, M_SERVE, M_SPSTUB, M_MOCKSTUB, M_PROBE };
 
 static struct {
     enum mode mode;
@@ -828,7 +830,7 @@ static void report(void)
     double win = (double)(R.t_end - R.t_measure) / 1e9;
     long hz = sysconf(_SC_CLK_TCK);
     qsort(R.lat_us, R.nlat, sizeof(*R.lat_us), cmp_u32);
-    printf("{\"mode\":\"%s\"", (const char *[]){ "create", "notify", "get", "sp-pay", "idle", "serve", "sp-stub" }[opt.mode]);
+    printf("{\"mode\":\"%s\"", (const char *[]){ "create", "notify", "get", "sp-pay", "idle", "serve", "sp-stub", "mock-stub", "probe" }[opt.mode]);
     if (opt.tag) printf(",\"tag\":\"%s\"", opt.tag);
     printf(",\"conns\":%d,\"window_s\":%.2f", opt.conns, win);
     if (opt.mode == M_IDLE) {
@@ -1414,6 +1416,61 @@ static int serve(void)
     return 0;
 }
 
+/* ------------------------------------------------------------------ probe */
+
+/*
+ * The machine's speed at the moment, for reading a phase's figures: this VM
+ * has stretches in which every process needs 25-50 % more CPU for the same
+ * work (docs/performance.md), and /proc/stat shows no steal time.  The same
+ * fixed work, timed seven times on the quiet box right before a phase (the
+ * median printed): "cpu", 16 M steps of integer mixing over a 256 KiB table, as the
+ * processes compute between system calls; "sys", 20 000 write + read pairs
+ * of 64 bytes on a socketpair, as their loopback I/O.  Lower is faster; the
+ * figures only compare runs on the same machine.
+ */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int probe(void)
+{
+    enum { REPS = 7, WORDS = 1 << 15, STEPS = 1 << 24, PAIRS = 20000 };
+    static uint64_t tab[WORDS];
+    double cpu[REPS], sys[REPS];
+    uint64_t x = 88172645463325252ull, acc = 0;
+    char b[64] = { 0 };
+    int sv[2];
+
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("probe: socketpair: %s", strerror(errno));
+    for (uint64_t i = 0; i < WORDS; i++) tab[i] = i * 0x9E3779B97F4A7C15ull;
+    for (int r = 0; r < REPS; r++) {
+        uint64_t t0 = now_ns();
+        for (int k = 0; k < STEPS; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            uint64_t *w = &tab[x & (WORDS - 1)];
+            *w = (*w ^ x) * 0xff51afd7ed558ccdull;
+            acc += *w >> 29;
+        }
+        uint64_t t1 = now_ns();
+        for (int k = 0; k < PAIRS; k++)
+            if (write(sv[0], b, sizeof(b)) != (ssize_t)sizeof(b) || read(sv[1], b, sizeof(b)) != (ssize_t)sizeof(b))
+                die("probe: socketpair I/O failed");
+        uint64_t t2 = now_ns();
+        cpu[r] = (double)(t1 - t0) / 1e6;
+        sys[r] = (double)(t2 - t1) / 1e6;
+    }
+    close(sv[0]);
+    close(sv[1]);
+    qsort(cpu, REPS, sizeof(double), cmp_double);
+    qsort(sys, REPS, sizeof(double), cmp_double);
+    /* acc printed so that the loop cannot be optimised away */
+    printf("{\"mode\":\"probe\",\"cpu_ms\":%.2f,\"sys_ms\":%.2f,\"cpu_min_ms\":%.2f,\"sys_min_ms\":%.2f,\"mix\":%u}\n",
+           cpu[REPS / 2], sys[REPS / 2], cpu[0], sys[0], (unsigned)(acc & 0xffff));
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static const char *need(const char *v, const char *name)
@@ -1424,7 +1481,7 @@ static const char *need(const char *v, const char *name)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) die("usage: gwload create|notify|get|sp-pay|idle|serve [options] (see the top of gwload.c)");
+    if (argc < 2) die("usage: gwload create|notify|get|sp-pay|idle|serve|sp-stub|mock-stub|probe [options] (see the top of gwload.c)");
     const char *m = argv[1];
     if (!strcmp(m, "create")) opt.mode = M_CREATE;
     else if (!strcmp(m, "notify")) opt.mode = M_NOTIFY;
@@ -1434,6 +1491,7 @@ int main(int argc, char **argv)
     else if (!strcmp(m, "serve")) opt.mode = M_SERVE;
     else if (!strcmp(m, "sp-stub")) opt.mode = M_SPSTUB;
     else if (!strcmp(m, "mock-stub")) opt.mode = M_MOCKSTUB;
+    else if (!strcmp(m, "probe")) return probe();
     else die("unknown mode %s", m);
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];

@@ -23,8 +23,10 @@ function cpu(r) {
   if (!r || !r.cpu_pct) return '–';
   const c = r.cpu_pct;
   const parts = Object.entries(c).filter(([k, v]) => v >= 0.5 || k === 'paygated').map(([k, v]) => `${k} ${v.toFixed(0)}`);
-  return `${parts.join(', ')}; box ${n0(r.box_busy_pct)}`;
+  return `${parts.join(', ')}; box ${n0(r.box_busy_pct)}${probe(r)}`;
 }
+/* gwload probe right before the window: the machine's speed then */
+const probe = (r) => (r && r.probe ? `; probe ${n0(r.probe.cpu_ms)} / ${n0(r.probe.sys_ms)} ms` : '');
 
 const out = [];
 const f = get('facts');
@@ -144,6 +146,12 @@ if (idle) {
   const per = idle.answered ? ((idle.rss_kb - idle.rss_before_kb) * 1024 / idle.answered) : undefined;
   out.push(`| ${n0(idle.answered)} idle keep-alive connections | RSS ${mb(idle.rss_kb)} (before ${mb(idle.rss_before_kb)}; ` +
     `${n0(per)} B per connection); ${n0(idle.open_at_end)} still open after ${n0(idle.window_s)} s | | < 100 MB${verdict(ok)} | ${cpu(idle)} | ${idle.loadavg_end} |`);
+}
+if (rows.some((r) => r.probe)) {
+  out.push('');
+  out.push('probe: the machine\'s speed measured on the quiet box right before the window (`gwload probe`, median of seven): ' +
+    'ms for a fixed computation / for 20 000 socketpair write + read pairs. Lower is faster; this VM has stretches ' +
+    'in which both rise by tens of percent, and every process\'s CPU per order with them.');
 }
 if (pgBest && ctob) out.push('');
 console.log(out.join('\n'));

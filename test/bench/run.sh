@@ -211,6 +211,8 @@ pg_delta() { # snap_before snap_after seconds -> json fragment
 
 phase_json() { # name json [extra json fragment] -> results
   local name=$1 json=$2 extra=${3:-}
+  [ -z "${PROBE:-}" ] || extra="${extra:+$extra,}\"probe\":$PROBE"
+  PROBE=
   [ -z "$extra" ] || json="${json%\}},$extra}"
   echo "{\"phase\":\"$name\",${json#\{}" >> "$RESULTS"
   echo "$json" | jq -c '{rate, p50_ms, p99_ms, p999_ms, bad, status, cpu_pct, box_busy_pct, loadavg_end}' 2>/dev/null >&2 || echo "$json" >&2
@@ -228,6 +230,9 @@ settle() {
   "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate \
     -c "VACUUM (ANALYZE) orders, order_events, notify_inbox, merchant_notifications" -c "CHECKPOINT" >/dev/null 2>&1 ||
     say "settle: VACUUM / CHECKPOINT failed (the window runs anyway)"
+  # the machine's speed right before the window (gwload probe), recorded
+  # with the next phase_json: this VM has slow stretches
+  PROBE=$("$GWLOAD" probe | jq -c '{cpu_ms, sys_ms}' 2>/dev/null) || PROBE=
 }
 
 # ---------------------------------------------------------------- ceilings
