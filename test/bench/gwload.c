@@ -15,7 +15,7 @@
  *   gwload serve   --port P                         (a bare HTTP/1.1 server on one loop)
  *   gwload sp-stub --port P --merchants MCH:KEY,…    (a Swiftpass gateway stub in C, below)
  *   gwload mock-stub --port P --key KEY              (the mock channel's peer in C, below)
- *   gwload probe                                     (the machine's speed now, below)
+ *   gwload probe [--duration S --warmup W]          (the machine's speed, below)
  *
  * Common options: --host 127.0.0.1, --conns N (64), --duration S (20),
  * --warmup S (3: requests finishing in the first S seconds are not counted),
@@ -73,6 +73,8 @@ static struct {
     double backoff_ms;     /* pause after a bad answer */
     double ramp_ms;        /* connection i sends its first request at i/conns of this */
     double rate;           /* > 0: open loop at this many requests a second */
+    int duration_set;      /* --duration given (probe: sample during a window) */
+    int every_ms;          /* probe: one sample every N ms */
     int rss_pid;
     int max_connecting;
 } opt = {
@@ -1419,14 +1421,21 @@ static int serve(void)
 /* ------------------------------------------------------------------ probe */
 
 /*
- * The machine's speed at the moment, for reading a phase's figures: this VM
- * has stretches in which every process needs 25-50 % more CPU for the same
- * work (docs/performance.md), and /proc/stat shows no steal time.  The same
- * fixed work, timed seven times on the quiet box right before a phase (the
- * median printed): "cpu", 16 M steps of integer mixing over a 256 KiB table, as the
+ * The machine's speed, for reading a phase's figures: this VM has stretches
+ * in which every process needs 25-50 % more CPU for the same work
+ * (docs/performance.md), and /proc/stat shows no steal time.  The probe
+ * times fixed work in this thread's CPU time (so waiting for a core does
+ * not count, while whatever the host takes from a running vCPU does):
+ * "cpu", 16 M steps of integer mixing over a 256 KiB table, as the
  * processes compute between system calls; "sys", 20 000 write + read pairs
  * of 64 bytes on a socketpair, as their loopback I/O.  Lower is faster; the
  * figures only compare runs on the same machine.
+ *
+ * Without --duration: seven rounds of the whole work on the quiet box
+ * (before a window), the median printed.  With --duration S (and
+ * --warmup W): during a window, every --every-ms N (500) one eighth of the
+ * work, scaled back up, so that the probe costs ~1 % of a core; the median
+ * and the slowest of the samples printed.
  */
 static int cmp_double(const void *a, const void *b)
 {
@@ -1434,40 +1443,72 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static double thread_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+enum { PROBE_WORDS = 1 << 15, PROBE_STEPS = 1 << 24, PROBE_PAIRS = 20000, PROBE_MAX = 4096 };
+static uint64_t probe_tab[PROBE_WORDS], probe_x = 88172645463325252ull, probe_acc;
+
+/* one sample: the work divided by `part`, its CPU times scaled back up */
+static void probe_once(int sv[2], int part, double *cpu, double *sys)
+{
+    char b[64] = { 0 };
+    double t0 = thread_ms();
+    for (int k = 0; k < PROBE_STEPS / part; k++) {
+        uint64_t x = probe_x;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        probe_x = x;
+        uint64_t *w = &probe_tab[x & (PROBE_WORDS - 1)];
+        *w = (*w ^ x) * 0xff51afd7ed558ccdull;
+        probe_acc += *w >> 29;
+    }
+    double t1 = thread_ms();
+    for (int k = 0; k < PROBE_PAIRS / part; k++)
+        if (write(sv[0], b, sizeof(b)) != (ssize_t)sizeof(b) || read(sv[1], b, sizeof(b)) != (ssize_t)sizeof(b))
+            die("probe: socketpair I/O failed");
+    double t2 = thread_ms();
+    *cpu = (t1 - t0) * part;
+    *sys = (t2 - t1) * part;
+}
+
 static int probe(void)
 {
-    enum { REPS = 7, WORDS = 1 << 15, STEPS = 1 << 24, PAIRS = 20000 };
-    static uint64_t tab[WORDS];
-    double cpu[REPS], sys[REPS];
-    uint64_t x = 88172645463325252ull, acc = 0;
-    char b[64] = { 0 };
-    int sv[2];
-
+    static double cpu[PROBE_MAX], sys[PROBE_MAX];
+    int n = 0, sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("probe: socketpair: %s", strerror(errno));
-    for (uint64_t i = 0; i < WORDS; i++) tab[i] = i * 0x9E3779B97F4A7C15ull;
-    for (int r = 0; r < REPS; r++) {
-        uint64_t t0 = now_ns();
-        for (int k = 0; k < STEPS; k++) {
-            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-            uint64_t *w = &tab[x & (WORDS - 1)];
-            *w = (*w ^ x) * 0xff51afd7ed558ccdull;
-            acc += *w >> 29;
+    for (uint64_t i = 0; i < PROBE_WORDS; i++) probe_tab[i] = i * 0x9E3779B97F4A7C15ull;
+    if (opt.duration_set) {
+        int every = opt.every_ms > 0 ? opt.every_ms : 500;
+        uint64_t start = now_ns(), end = start + (uint64_t)(opt.duration * 1e9);
+        uint64_t next = start + (uint64_t)(opt.warmup * 1e9);
+        while (n < PROBE_MAX) {
+            uint64_t t = now_ns();
+            if (next >= end) break;
+            if (t < next) {
+                struct timespec ts = { (time_t)((next - t) / 1000000000u), (long)((next - t) % 1000000000u) };
+                nanosleep(&ts, NULL);
+                continue;
+            }
+            probe_once(sv, 8, &cpu[n], &sys[n]);
+            n++;
+            next += (uint64_t)every * 1000000u;
         }
-        uint64_t t1 = now_ns();
-        for (int k = 0; k < PAIRS; k++)
-            if (write(sv[0], b, sizeof(b)) != (ssize_t)sizeof(b) || read(sv[1], b, sizeof(b)) != (ssize_t)sizeof(b))
-                die("probe: socketpair I/O failed");
-        uint64_t t2 = now_ns();
-        cpu[r] = (double)(t1 - t0) / 1e6;
-        sys[r] = (double)(t2 - t1) / 1e6;
+    } else {
+        for (n = 0; n < 7; n++) probe_once(sv, 1, &cpu[n], &sys[n]);
     }
     close(sv[0]);
     close(sv[1]);
-    qsort(cpu, REPS, sizeof(double), cmp_double);
-    qsort(sys, REPS, sizeof(double), cmp_double);
-    /* acc printed so that the loop cannot be optimised away */
-    printf("{\"mode\":\"probe\",\"cpu_ms\":%.2f,\"sys_ms\":%.2f,\"cpu_min_ms\":%.2f,\"sys_min_ms\":%.2f,\"mix\":%u}\n",
-           cpu[REPS / 2], sys[REPS / 2], cpu[0], sys[0], (unsigned)(acc & 0xffff));
+    if (n == 0) die("probe: no sample (is --duration longer than --warmup?)");
+    qsort(cpu, (size_t)n, sizeof(double), cmp_double);
+    qsort(sys, (size_t)n, sizeof(double), cmp_double);
+    /* the mix printed so that the loop cannot be optimised away */
+    printf("{\"mode\":\"probe\",\"samples\":%d,\"cpu_ms\":%.2f,\"sys_ms\":%.2f,\"cpu_max_ms\":%.2f,"
+           "\"sys_max_ms\":%.2f,\"mix\":%u}\n",
+           n, cpu[n / 2], sys[n / 2], cpu[n - 1], sys[n - 1], (unsigned)(probe_acc & 0xffff));
     return 0;
 }
 
@@ -1491,7 +1532,7 @@ int main(int argc, char **argv)
     else if (!strcmp(m, "serve")) opt.mode = M_SERVE;
     else if (!strcmp(m, "sp-stub")) opt.mode = M_SPSTUB;
     else if (!strcmp(m, "mock-stub")) opt.mode = M_MOCKSTUB;
-    else if (!strcmp(m, "probe")) return probe();
+    else if (!strcmp(m, "probe")) opt.mode = M_PROBE;
     else die("unknown mode %s", m);
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -1501,7 +1542,7 @@ int main(int argc, char **argv)
         if (!strcmp(a, "host")) opt.host = v;
         else if (!strcmp(a, "port")) opt.port = atoi(v);
         else if (!strcmp(a, "conns")) opt.conns = atoi(v);
-        else if (!strcmp(a, "duration")) opt.duration = atof(v);
+        else if (!strcmp(a, "duration")) opt.duration = atof(v), opt.duration_set = 1;
         else if (!strcmp(a, "warmup")) opt.warmup = atof(v);
         else if (!strcmp(a, "hold")) opt.hold = atof(v);
         else if (!strcmp(a, "merchant")) opt.merchant = v;
@@ -1524,8 +1565,10 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "backoff-ms")) opt.backoff_ms = atof(v);
         else if (!strcmp(a, "ramp-ms")) opt.ramp_ms = atof(v);
         else if (!strcmp(a, "rate")) opt.rate = atof(v);
+        else if (!strcmp(a, "every-ms")) opt.every_ms = atoi(v);
         else die("unknown option --%s", a);
     }
+    if (opt.mode == M_PROBE) return probe();
     if (opt.port <= 0) die("--port is required");
     signal(SIGPIPE, SIG_IGN);
     R.loop = uv_default_loop();

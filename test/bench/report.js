@@ -26,7 +26,8 @@ function cpu(r) {
   return `${parts.join(', ')}; box ${n0(r.box_busy_pct)}${probe(r)}`;
 }
 /* gwload probe right before the window: the machine's speed then */
-const probe = (r) => (r && r.probe ? `; probe ${n0(r.probe.cpu_ms)} / ${n0(r.probe.sys_ms)} ms` : '');
+const probe = (r) => (r && r.probe ? `; probe ${n0(r.probe.cpu_ms)} / ${n0(r.probe.sys_ms)} ms` : '') +
+  (r && r.probe_load ? `${r.probe ? ', ' : '; probe '}during ${n0(r.probe_load.cpu_ms)} / ${n0(r.probe_load.sys_ms)} ms` : '');
 
 const out = [];
 const f = get('facts');
@@ -147,10 +148,11 @@ if (idle) {
   out.push(`| ${n0(idle.answered)} idle keep-alive connections | RSS ${mb(idle.rss_kb)} (before ${mb(idle.rss_before_kb)}; ` +
     `${n0(per)} B per connection); ${n0(idle.open_at_end)} still open after ${n0(idle.window_s)} s | | < 100 MB${verdict(ok)} | ${cpu(idle)} | ${idle.loadavg_end} |`);
 }
-if (rows.some((r) => r.probe)) {
+if (rows.some((r) => r.probe || r.probe_load)) {
   out.push('');
   out.push('probe: the machine\'s speed measured on the quiet box right before the window (`gwload probe`, median of seven): ' +
-    'ms for a fixed computation / for 20 000 socketpair write + read pairs. Lower is faster; this VM has stretches ' +
+    'CPU ms for a fixed computation / for 20 000 socketpair write + read pairs; "during": the median of samples of an eighth ' +
+    'of that work, scaled up, taken every 0.5 s through the window. Lower is faster; this VM has stretches ' +
     'in which both rise by tens of percent, and every process\'s CPU per order with them.');
 }
 if (pgBest && ctob) out.push('');

@@ -213,6 +213,8 @@ phase_json() { # name json [extra json fragment] -> results
   local name=$1 json=$2 extra=${3:-}
   [ -z "${PROBE:-}" ] || extra="${extra:+$extra,}\"probe\":$PROBE"
   PROBE=
+  [ ! -s "$WORK/probe-load.json" ] || extra="${extra:+$extra,}\"probe_load\":$(cat "$WORK/probe-load.json")"
+  rm -f "$WORK/probe-load.json"
   [ -z "$extra" ] || json="${json%\}},$extra}"
   echo "{\"phase\":\"$name\",${json#\{}" >> "$RESULTS"
   echo "$json" | jq -c '{rate, p50_ms, p99_ms, p999_ms, bad, status, cpu_pct, box_busy_pct, loadavg_end}' 2>/dev/null >&2 || echo "$json" >&2
@@ -421,9 +423,18 @@ create() { # shop method tag [extra gwload args…]
   local shop=$1 method=$2 tag=$3; shift 3
   local expect='"status":"PENDING"'
   [ "$method" = barcode ] && expect='"status":"SUCCESS"'
+  probe_during
   "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop "$shop" --method "$method" \
     --conns "$CONNS" --duration "$DUR" --warmup "$WARM" --expect "$expect" --watch "$WATCH" \
     --rss-pid "$PAYGATED_PID" --tag "$tag" "$@"
+  wait "$PROBE_PID" || true
+}
+# the machine's speed during the window too (gwload probe samples ~1 % of a
+# core), in $WORK/probe-load.json for the next phase_json
+probe_during() {
+  "$GWLOAD" probe --duration "$DUR" --warmup "$WARM" 2>/dev/null | jq -c '{cpu_ms, sys_ms, cpu_max_ms, sys_max_ms}' \
+    > "$WORK/probe-load.json" 2>/dev/null &
+  PROBE_PID=$!
 }
 
 # a short untimed warm-up: caches, prepared statements, connections
@@ -550,9 +561,11 @@ if has_phase notify; then
   inbox_before=$("${PSQL[@]}" -tAc "SELECT COALESCE(max(id), 0) FROM notify_inbox")
   say "notification ingestion: $CONNS connections, $DUR s"
   s0=$(pg_snap); t0=$(date +%s.%N)
+  probe_during
   j=$("$GWLOAD" notify --port "$GW_PORT" --orders "$WORK/notify-orders.txt" --key bench-md5-key-755437100001 \
       --conns "$CONNS" --duration "$DUR" --warmup "$WARM" --expect success --watch "$WATCH" \
       --rss-pid "$PAYGATED_PID" --tag notify)
+  wait "$PROBE_PID" || true
   s1=$(pg_snap); t1=$(date +%s.%N)
   outcomes=$("${PSQL[@]}" -tAc "SELECT COALESCE(jsonb_object_agg(outcome, n), '{}') FROM
       (SELECT outcome, count(*) n FROM notify_inbox WHERE id > $inbox_before GROUP BY 1) x")
