@@ -323,6 +323,7 @@ struct api_req {
     after_fn after;  /* continuation of a transition */
     cJSON *body;     /* the request's JSON */
     cJSON *order;    /* order row */
+    cJSON *sent;     /* create: the order_create argument, until its answer */
     cJSON *refund;   /* refund row */
     cJSON *sub;      /* sub-merchant row (credentials) */
     cJSON *bindings; /* create: the shop's bindings for the method, in priority order */
@@ -365,6 +366,7 @@ static void api_free(api_req_t *a)
 {
     cJSON_Delete(a->body);
     cJSON_Delete(a->order);
+    cJSON_Delete(a->sent);
     cJSON_Delete(a->refund);
     cJSON_Delete(a->sub);
     cJSON_Delete(a->bindings);
@@ -712,12 +714,13 @@ static void order_merge(cJSON *order, cJSON *changes)
             break;
         }
     }
-    /* names order lacks (not expected: every column is in the row) */
+    /* names order lacks (a created order's computed columns, 0019; the
+     * channel's answer to one): moved over with their names — an object's
+     * members are a list like an array's, and AddItemToArray keeps the
+     * item's name where AddItemToObject would copy it */
     while (changes->child) {
         cJSON *c = cJSON_DetachItemViaPointer(changes, changes->child);
-        char key[64];
-        snprintf(key, sizeof(key), "%s", c->string ? c->string : "");
-        if (!cJSON_AddItemToObject(order, key, c)) cJSON_Delete(c);
+        if (c->string == NULL || !cJSON_AddItemToArray(order, c)) cJSON_Delete(c);
     }
 }
 
@@ -940,9 +943,18 @@ static void create_order_cb(void *udata, gw_err_t err, cJSON *j)
         return;
     }
     cJSON *o = cJSON_DetachItemFromObjectCaseSensitive(j, "order");
+    int created = cJSON_IsTrue(gw_json_get(j, "created"));
+    if (created && a->sent && cJSON_IsObject(o) && gw_json_get(o, "merchant_id") == NULL) {
+        /* the columns the insert computed (0019): the order is what was
+         * sent with them */
+        order_merge(a->sent, o);
+        cJSON_Delete(o);
+        o = a->sent;
+        a->sent = NULL;
+    }
     a->order = o;
     snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(o, "trade_no") ? jstr(o, "trade_no") : "");
-    if (!cJSON_IsTrue(gw_json_get(j, "created"))) {
+    if (!created) {
         const char *h = jstr(o, "request_hash");
         const char *mine = jstr(a->body, "__hash");
         if (h == NULL || mine == NULL || strcmp(h, mine) != 0) {
@@ -1002,7 +1014,8 @@ static void create_with_sub(api_req_t *a, const char *channel)
     }
     if (!jstr(p, "client_ip")) cJSON_AddStringToObject(p, "client_ip", a->req->peer);
     char *text = gw_json_print(p);
-    cJSON_Delete(p);
+    cJSON_Delete(a->sent);
+    a->sent = p; /* the created order's answer holds only what it computed */
     const char *v[] = { text };
     rc = gw_pg_json(a->app, "order_create", 1, v, create_order_cb, a);
     free(text);

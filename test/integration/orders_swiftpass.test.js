@@ -90,6 +90,38 @@ test('c-to-b: PENDING with a code_url, paid in the simulator, SUCCESS through th
   assert.match(inbox, /^applied/);
 });
 
+test('the create reply is the stored order: each field the merchant sees, as the row holds it', async () => {
+  // paygated replies from the argument it sent merged with the columns the
+  // insert computed (0019) and, in a batch, with the columns the first
+  // transition set (0018): that must be the row, field for field.  A burst,
+  // so that the statements go in batches (alone, the transition answers the
+  // whole row).
+  const keys = ['trade_no', 'out_trade_no', 'merchant_id', 'shop_id', 'amount', 'currency', 'subject', 'method',
+    'status', 'pay_data', 'channel', 'channel_trade_no', 'channel_code', 'channel_msg', 'refunded_amount', 'fee',
+    'settle_amount', 'customer_id', 'attach', 'created_at', 'paid_at', 'expire_at', 'updated_at'];
+  const viewOf = (row) => Object.fromEntries(keys.filter((k) => row[k] !== null && row[k] !== undefined).map((k) => [k, row[k]]));
+  const kinds = [
+    () => ({ shop_id: 's1', out_trade_no: otn('V'), amount: 777, subject: 'Pu-erh', method: 'wechat_qr' }),
+    () => ({ shop_id: 's1', out_trade_no: otn('V'), amount: 888, currency: 'CNY', subject: 'Oolong "aged"', method: 'wechat_qr',
+      customer_id: 'c-17', attach: 'table 4 / 桌', notify_url: 'http://127.0.0.1:9/n', expire_s: 600, client_ip: '10.1.2.3' }),
+    () => ({ shop_id: 's1', out_trade_no: otn('V'), amount: 999, subject: 'Tea', method: 'barcode', auth_code: '134567890123456790' }),
+  ];
+  const bodies = Array.from({ length: 36 }, (_, i) => kinds[i % 3]());
+  const replies = await Promise.all(bodies.map((b) => shop.call('POST', '/v1/orders', b)));
+  for (const [i, r] of replies.entries()) {
+    assert.equal(r.status, 200, r.body);
+    const stored = (await adminOrder(r.json.trade_no)).result.order;
+    assert.deepEqual(r.json, viewOf(stored), `${bodies[i].method}: the reply against the row`);
+    assert.equal(stored.client_ip, bodies[i].client_ip || '127.0.0.1');
+  }
+  // a repeat of the same request answers the stored row as it is now
+  for (const b of bodies.slice(0, 3)) {
+    const again = await shop.call('POST', '/v1/orders', b);
+    assert.equal(again.status, 200, again.body);
+    assert.deepEqual(again.json, viewOf((await adminOrder(again.json.trade_no)).result.order));
+  }
+});
+
 test('b-to-c: immediate success', async () => {
   const r = await shop.call('POST', '/v1/orders', { shop_id: 's1', out_trade_no: otn('B'), amount: 500, subject: 'Tea', method: 'barcode', auth_code: '134567890123456781' });
   assert.equal(r.status, 200, r.body);
