@@ -417,6 +417,7 @@ static void api_db_error(api_req_t *a, gw_err_t err)
 #define jstr gw_jstr
 #define jint gw_jint
 #define sstr gw_sstr
+static inline const char *nz(const char *s) { return s ? s : ""; }
 
 
 /* ------------------------------------------------------------------ */
@@ -514,9 +515,12 @@ static void auth_check_sig(api_req_t *a, const char *secret)
         return;
     }
     char key[160];
-    snprintf(key, sizeof(key), "gw:nonce:%s:%.*s", a->merchant_id, (int)nonce.len, nonce.ptr);
-    char ttl[16];
-    snprintf(ttl, sizeof(ttl), "%d", 2 * a->app->cfg.api.timestamp_skew_s);
+    size_t kl = gw_strjoin(key, sizeof(key), "gw:nonce:", a->merchant_id, ":", NULL);
+    size_t nl = nonce.len < sizeof(key) - 1 - kl ? nonce.len : sizeof(key) - 1 - kl;
+    memcpy(key + kl, nonce.ptr, nl);
+    key[kl + nl] = '\0';
+    char ttl[24];
+    gw_i64toa(2 * (int64_t)a->app->cfg.api.timestamp_skew_s, ttl);
     const char *argv[] = { "SET", key, "1", "NX", "EX", ttl };
     if (gw_redis_cmdargv(a->app->redis, auth_nonce_redis_cb, a, 6, argv, NULL) != GW_OK) {
         auth_nonce_pg(a);
@@ -753,7 +757,7 @@ static void transition_cb(void *udata, gw_err_t err, cJSON *j)
 static void transition_send(api_req_t *a)
 {
     char id[24];
-    snprintf(id, sizeof(id), "%lld", (long long)jint(a->order, "id"));
+    gw_i64toa(jint(a->order, "id"), id);
     const char *v[] = { id, a->from_states, a->to_status, a->patch ? a->patch : "{}", "channel" };
     a->transition_tries++;
     /* the first answer after the channel call goes in batches */
@@ -858,8 +862,8 @@ static void create_after_pay_transition(api_req_t *a, gw_err_t err)
         gw_log_req(GW_LOG_ERR, a->req->id, "order %s: recording the channel's answer failed (%s); "
                    "the re-query task will settle it", a->trade_no, gw_strerror(err));
     char labels[96];
-    snprintf(labels, sizeof(labels), "method=\"%s\",status=\"%s\"", jstr(a->order, "method"),
-             jstr(a->order, "status"));
+    gw_strjoin(labels, sizeof(labels), "method=\"", nz(jstr(a->order, "method")), "\",status=\"",
+               nz(jstr(a->order, "status")), "\"", NULL);
     gw_metric_add("paygate_orders_total", labels, 1);
     reply_order(a, 200);
 }
@@ -953,7 +957,7 @@ static void create_order_cb(void *udata, gw_err_t err, cJSON *j)
         a->sent = NULL;
     }
     a->order = o;
-    snprintf(a->trade_no, sizeof(a->trade_no), "%s", jstr(o, "trade_no") ? jstr(o, "trade_no") : "");
+    gw_strjoin(a->trade_no, sizeof(a->trade_no), nz(jstr(o, "trade_no")), NULL);
     if (!created) {
         const char *h = jstr(o, "request_hash");
         const char *mine = jstr(a->body, "__hash");
@@ -1072,8 +1076,8 @@ static void rotation_pg_cb(void *udata, gw_err_t err, cJSON *j)
 static void rotation_key_of(api_req_t *a, const cJSON *binding, char *key, size_t len)
 {
     const char *cust = jstr(a->body, "customer_id");
-    snprintf(key, len, "gw:rot:%s:%s:%s:%s", jstr(a->body, "shop_id"), jstr(a->body, "method"),
-             jstr(binding, "channel"), cust ? cust : "*");
+    gw_strjoin(key, len, "gw:rot:", nz(jstr(a->body, "shop_id")), ":", nz(jstr(a->body, "method")), ":",
+               nz(jstr(binding, "channel")), ":", cust ? cust : "*", NULL);
 }
 
 static void rotation_key(api_req_t *a, char *key, size_t len)
@@ -1411,9 +1415,12 @@ static void create_authed(api_req_t *a)
     /* what makes a repeat "identical" */
     gw_buf_t h;
     gw_buf_init(&h, 4096);
-    gw_buf_appendf(&h, "%s|%lld|%s|%s|%s|%s", jstr(b, "shop_id"), (long long)amount, method,
-                   jstr(b, "subject"), jstr(b, "payer_id") ? jstr(b, "payer_id") : "",
-                   jstr(b, "auth_code") ? jstr(b, "auth_code") : "");
+    char num[24];
+    gw_i64toa(amount, num);
+    /* "shop|amount|method|subject|payer_id|auth_code" */
+    const char *const parts[] = { jstr(b, "shop_id"), "|", num, "|", method, "|", jstr(b, "subject"), "|",
+                                  nz(jstr(b, "payer_id")), "|", nz(jstr(b, "auth_code")) };
+    for (size_t i = 0; i < GW_ARRAY_SIZE(parts); i++) gw_buf_appends(&h, parts[i]);
     uint8_t d[32];
     char hex[65];
     gw_sha256(h.data, h.len, d);

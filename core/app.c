@@ -160,10 +160,11 @@ void gw_app_observe(const gw_http_req_t *req, int status, void *udata)
 {
     (void)udata;
     char labels[160];
-    snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"", req->route ? req->route : "-",
-             status);
+    char st[24];
+    gw_i64toa(status, st);
+    gw_strjoin(labels, sizeof(labels), "route=\"", req->route ? req->route : "-", "\",status=\"", st, "\"", NULL);
     gw_metric_add("paygate_http_requests_total", labels, 1);
-    snprintf(labels, sizeof(labels), "route=\"%s\"", req->route ? req->route : "-");
+    gw_strjoin(labels, sizeof(labels), "route=\"", req->route ? req->route : "-", "\"", NULL);
     gw_metric_observe("paygate_http_request_duration_seconds", labels,
                       (double)(gw_mono_us() - req->start_us) / 1e6);
     gw_log_req(GW_LOG_DEBUG, req->id, "%s %s %.*s %d", req->peer, req->method_name,

@@ -67,10 +67,10 @@ static void op_finish(op_t *o)
         outcome = gw_chan_refund_status_name(o->out.res.status);
     else outcome = gw_chan_pay_status_name(o->out.res.status);
     char labels[128];
-    snprintf(labels, sizeof(labels), "channel=\"%s\",op=\"%s\",result=\"%s\"", o->channel,
-             op_names[o->kind], outcome);
+    gw_strjoin(labels, sizeof(labels), "channel=\"", o->channel, "\",op=\"", op_names[o->kind],
+               "\",result=\"", outcome, "\"", NULL);
     gw_metric_add("paygate_channel_calls_total", labels, 1);
-    snprintf(labels, sizeof(labels), "channel=\"%s\",op=\"%s\"", o->channel, op_names[o->kind]);
+    gw_strjoin(labels, sizeof(labels), "channel=\"", o->channel, "\",op=\"", op_names[o->kind], "\"", NULL);
     gw_metric_observe("paygate_channel_call_duration_seconds", labels,
                       (double)(gw_mono_us() - o->start_us) / 1e6);
     if (o->mod) {
@@ -347,8 +347,8 @@ gw_err_t gw_chanop_run(gw_app_t *app, const char *channel, enum gw_chanop_kind k
     o->cb = cb;
     o->udata = udata;
     o->start_us = gw_mono_us();
-    snprintf(o->channel, sizeof(o->channel), "%s", channel);
-    snprintf(o->out.channel_version, sizeof(o->out.channel_version), "%s", o->vt->version);
+    gw_strjoin(o->channel, sizeof(o->channel), channel, NULL);
+    gw_strjoin(o->out.channel_version, sizeof(o->out.channel_version), o->vt->version, NULL);
     o->call.ctx = mod->ctx;
     o->call.host = h;
     o->call.merchant = merchant;

@@ -76,7 +76,7 @@ static void set_state(gw_app_t *app, chan_health_t *h, enum gw_breaker_state st,
     char labels[96];
     snprintf(labels, sizeof(labels), "channel=\"%s\",state=\"%s\"", h->name, gw_breaker_state_name(st));
     gw_metric_add("paygate_channel_breaker_transitions_total", labels, 1);
-    snprintf(labels, sizeof(labels), "channel=\"%s\"", h->name);
+    gw_strjoin(labels, sizeof(labels), "channel=\"", h->name, "\"", NULL);
     gw_metric_set("paygate_channel_breaker_state", labels, st);
     if (st == GW_BREAKER_OPEN) h->opened_at_ms = now_ms();
     if (st != GW_BREAKER_CLOSED) {
@@ -138,7 +138,7 @@ gw_err_t gw_health_acquire(gw_app_t *app, const char *channel)
     h->inflight++;
     if (h->state == GW_BREAKER_HALF_OPEN) h->probes_out++;
     char labels[64];
-    snprintf(labels, sizeof(labels), "channel=\"%s\"", h->name);
+    gw_strjoin(labels, sizeof(labels), "channel=\"", h->name, "\"", NULL);
     gw_metric_set("paygate_channel_inflight", labels, h->inflight);
     return GW_OK;
 }
@@ -150,7 +150,7 @@ void gw_health_release(gw_app_t *app, const char *channel, int failed)
     const __typeof__(app->cfg.channels.breaker) *b = &app->cfg.channels.breaker;
     if (h->inflight > 0) h->inflight--;
     char labels[64];
-    snprintf(labels, sizeof(labels), "channel=\"%s\"", h->name);
+    gw_strjoin(labels, sizeof(labels), "channel=\"", h->name, "\"", NULL);
     gw_metric_set("paygate_channel_inflight", labels, h->inflight);
 
     if (h->state == GW_BREAKER_HALF_OPEN) {

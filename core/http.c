@@ -152,7 +152,13 @@ static gw_http_req_t *req_new(gw_http_conn_t *c)
     r->conn_ = c;
     r->route = "-";
     r->start_us = gw_mono_us();
-    snprintf(r->id, sizeof(r->id), "%08x%08llx", s->id_prefix, (unsigned long long)++s->next_id);
+    /* "%08x%08llx" without printf (a count past 2^60 would keep its low
+     * digits where snprintf kept the high ones) */
+    uint64_t n = ++s->next_id;
+    int digits = 8;
+    while (digits < (int)sizeof(r->id) - 9 && (n >> (4 * digits)) != 0) digits++;
+    gw_hex_u64(s->id_prefix, 8, r->id);
+    gw_hex_u64(n, digits, r->id + 8);
     memcpy(r->peer, c->peer, sizeof(r->peer));
     return r;
 }
@@ -366,7 +372,13 @@ static void write_raw(gw_http_conn_t *c, const char *data, size_t len, int close
 static void build_head(gw_buf_t *out, int status, const char *ctype, size_t len, const char *reqid,
                        const gw_buf_t *extra, int keepalive)
 {
-    gw_buf_appendf(out, "HTTP/1.1 %d %s\r\n", status, gw_http_reason(status));
+    char num[24];
+    gw_i64toa(status, num);
+    gw_buf_appends(out, "HTTP/1.1 ");
+    gw_buf_appends(out, num);
+    gw_buf_appends(out, " ");
+    gw_buf_appends(out, gw_http_reason(status));
+    gw_buf_appends(out, "\r\n");
     /* 204 and 304 carry no body and no Content-Length (RFC 9110 §8.6) */
     int bodiless = status == 204 || status == 304;
     if (bodiless) len = 0;
@@ -375,7 +387,12 @@ static void build_head(gw_buf_t *out, int status, const char *ctype, size_t len,
         gw_buf_appends(out, ctype);
         gw_buf_appends(out, "\r\n");
     }
-    if (!bodiless) gw_buf_appendf(out, "Content-Length: %zu\r\n", len);
+    if (!bodiless) {
+        gw_i64toa((int64_t)len, num);
+        gw_buf_appends(out, "Content-Length: ");
+        gw_buf_appends(out, num);
+        gw_buf_appends(out, "\r\n");
+    }
     if (reqid) {
         gw_buf_appends(out, "X-Request-Id: ");
         gw_buf_appends(out, reqid);
@@ -424,7 +441,10 @@ static void conn_fail(gw_http_conn_t *c, int status, const char *code, const cha
 
 void gw_http_add_header(gw_http_req_t *req, const char *name, const char *value)
 {
-    gw_buf_appendf(&req->resp_headers_, "%s: %s\r\n", name, value);
+    gw_buf_appends(&req->resp_headers_, name);
+    gw_buf_appends(&req->resp_headers_, ": ");
+    gw_buf_appends(&req->resp_headers_, value);
+    gw_buf_appends(&req->resp_headers_, "\r\n");
 }
 
 static void conn_resume(gw_http_conn_t *c);

@@ -146,7 +146,7 @@ void gw_rows_order(const gw_app_t *app, const cJSON *o, gw_chan_order_t *co, cha
     co->expire_ms = gw_parse_ts_ms(gw_jstr(o, "expire_at"));
     const char *base = app->cfg.channels.notify_base_url;
     const char *chan = gw_jstr(o, "channel");
-    if (base) snprintf(notify_url, notify_len, "%s/notify/%s", base, chan ? chan : "");
+    if (base) gw_strjoin(notify_url, notify_len, base, "/notify/", chan ? chan : "", NULL);
     else snprintf(notify_url, notify_len, "http://%s:%d/notify/%s", app->cfg.listen_host,
                   app->cfg.listen_port, chan ? chan : "");
     co->notify_url = gw_sstr(notify_url);

@@ -308,3 +308,47 @@ gw_err_t gw_nonce(char *out, size_t n)
     out[n] = '\0';
     return GW_OK;
 }
+
+/* ---- formatting without printf ---- */
+
+size_t gw_strjoin(char *dst, size_t n, ...)
+{
+    size_t len = 0;
+    va_list ap;
+    if (n == 0) return 0;
+    va_start(ap, n);
+    for (const char *p = va_arg(ap, const char *); p; p = va_arg(ap, const char *)) {
+        size_t k = strlen(p);
+        if (k > n - 1 - len) k = n - 1 - len;
+        memcpy(dst + len, p, k);
+        len += k;
+        if (len == n - 1) break;
+    }
+    va_end(ap);
+    dst[len] = '\0';
+    return len;
+}
+
+size_t gw_i64toa(int64_t v, char *dst)
+{
+    char tmp[20];
+    size_t n = 0, len = 0;
+    /* through uint64_t, so that INT64_MIN negates */
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) dst[len++] = '-';
+    while (n) dst[len++] = tmp[--n];
+    dst[len] = '\0';
+    return len;
+}
+
+size_t gw_hex_u64(uint64_t v, int digits, char *dst)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = digits - 1; i >= 0; i--, v >>= 4) dst[i] = hex[v & 15];
+    dst[digits] = '\0';
+    return (size_t)digits;
+}

@@ -441,6 +441,44 @@ static void test_parse_cases(void **state)
     cJSON_Delete(fast);
 }
 
+/* gw_strjoin / gw_i64toa / gw_hex_u64 write what snprintf would, truncation
+ * included */
+static void test_format(void **state)
+{
+    (void)state;
+    char a[64], b[64];
+    const int64_t vals[] = { 0, 1, -1, 9, 10, -10, 99, 100, 123456789, -987654321, INT64_MAX, INT64_MIN,
+                             INT64_MAX - 1, INT64_MIN + 1, 1000000000000LL, -1000000000000LL };
+    for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+        size_t n = gw_i64toa(vals[i], a);
+        snprintf(b, sizeof(b), "%lld", (long long)vals[i]);
+        assert_string_equal(a, b);
+        assert_int_equal(n, strlen(b));
+    }
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (int i = 0; i < 200; i++, x = x * 6364136223846793005ull + 1442695040888963407ull) {
+        gw_hex_u64(x >> (i % 64), 8, a);
+        snprintf(b, sizeof(b), "%08x", (unsigned)((x >> (i % 64)) & 0xffffffffu));
+        assert_string_equal(a, b);
+        gw_hex_u64(x, 16, a);
+        snprintf(b, sizeof(b), "%016llx", (unsigned long long)x);
+        assert_string_equal(a, b);
+    }
+    const char *parts[] = { "channel=\"", "swiftpass", "\",op=\"", "pay", "\"" };
+    char full[64];
+    snprintf(full, sizeof(full), "channel=\"%s\",op=\"%s\"", "swiftpass", "pay");
+    for (size_t n = 0; n <= strlen(full) + 2; n++) {
+        memset(a, 'Z', sizeof(a));
+        memset(b, 'Z', sizeof(b));
+        size_t got = gw_strjoin(a, n, parts[0], parts[1], parts[2], parts[3], parts[4], NULL);
+        snprintf(b, n, "%s", full);
+        assert_memory_equal(a, b, sizeof(a)); /* nothing written past the end either */
+        assert_int_equal(got, n == 0 ? 0 : (n - 1 < strlen(full) ? n - 1 : strlen(full)));
+    }
+    assert_int_equal(gw_strjoin(a, sizeof(a), NULL), 0);
+    assert_string_equal(a, "");
+}
+
 int main(void)
 {
     gw_json_alloc_init();
@@ -455,6 +493,7 @@ int main(void)
         cmocka_unit_test(test_parse_ts),
         cmocka_unit_test(test_alloc_cache),
         cmocka_unit_test(test_alloc_threads),
+        cmocka_unit_test(test_format),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     gw_json_alloc_trim();
