@@ -19,6 +19,8 @@
 #   sqlcost    PostgreSQL CPU per c-to-b order and per notification in the
 #              batch functions, batches of 1, 10 and 30, in one backend
 #              (test/bench/sqlcost.sh; BENCH_SQLCOST_UNITS, 3000)
+#              (instruction counts instead, steady across runs:
+#              bash test/bench/sqlinstr.sh, on its own; needs valgrind)
 #   ctob       c-to-b create through Swiftpass (wechat_qr), BENCH_CONNS
 #              closed loops (each connection sends its next request when
 #              the last is answered)
