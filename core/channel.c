@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -213,6 +214,88 @@ out:
     }
     if (rc != GW_OK) unlink(path);
     return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* the private directory of the module copies */
+
+/*
+ * Each process copies modules into "$TMPDIR/paygate-chan.<pid>.XXXXXX" and
+ * removes the copies and the directory when it exits.  A process that
+ * could not (SIGKILL, OOM killer, power loss) leaves them behind, about a
+ * megabyte each time; the next start removes every such directory of ours
+ * whose process is gone.  Only directories owned by our user, named with
+ * a pid that no longer exists, holding nothing but regular files; never a
+ * symlink followed.  A directory whose pid was reused by another process
+ * waits for a later start.
+ */
+static gw_err_t private_dir(char *out, size_t outlen)
+{
+    const char *tmp = getenv("TMPDIR");
+    int n = snprintf(out, outlen, "%s/paygate-chan.%ld.XXXXXX", tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    if (n < 0 || (size_t)n >= outlen || mkdtemp(out) == NULL) return GW_EIO;
+    return GW_OK;
+}
+
+/* Removes what dir (opened relative to base) holds, then dir; returns the
+ * number of files removed, -1 when something was not ours to remove. */
+static int remove_stale(int base, const char *name)
+{
+    int fd = openat(base, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    DIR *d = fdopendir(fd);
+    if (d == NULL) {
+        close(fd);
+        return -1;
+    }
+    int n = 0, bad = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        struct stat st;
+        if (fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+            st.st_uid != geteuid() || unlinkat(fd, e->d_name, 0) != 0) {
+            bad = 1;
+            continue;
+        }
+        n++;
+    }
+    closedir(d);
+    if (bad || unlinkat(base, name, AT_REMOVEDIR) != 0) return -1;
+    return n;
+}
+
+void gw_chan_sweep_stale(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    const char *dir = tmp && *tmp ? tmp : "/tmp";
+    int base = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (base < 0) return;
+    DIR *d = fdopendir(base);
+    if (d == NULL) {
+        close(base);
+        return;
+    }
+    static const char prefix[] = "paygate-chan.";
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strncmp(e->d_name, prefix, sizeof(prefix) - 1) != 0) continue;
+        char *end;
+        const char *p = e->d_name + sizeof(prefix) - 1;
+        long pid = strtol(p, &end, 10);
+        if (end == p || *end != '.' || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to ask */
+        struct stat st;
+        if (fstatat(base, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) ||
+            st.st_uid != geteuid())
+            continue;
+        int n = remove_stale(base, e->d_name);
+        if (n >= 0)
+            gw_log(GW_LOG_NOTICE, "channels: removed %s/%s (%d module copies of process %ld, "
+                   "which did not exit cleanly)", dir, e->d_name, n, pid);
+        else
+            gw_log(GW_LOG_WARN, "channels: %s/%s is left by process %ld but could not be removed "
+                   "whole", dir, e->d_name, pid);
+    }
+    closedir(d);
 }
 
 /* ------------------------------------------------------------------ */
@@ -471,10 +554,8 @@ gw_err_t gw_chan_open_file(const char *path, const char *settings, size_t settin
         settings = "{}";
         settings_len = 2;
     }
-    const char *tmp = getenv("TMPDIR");
     char tmpdir[PATH_MAX];
-    int n = snprintf(tmpdir, sizeof(tmpdir), "%s/paygate-chan.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (n < 0 || (size_t)n >= sizeof(tmpdir) || mkdtemp(tmpdir) == NULL) {
+    if (private_dir(tmpdir, sizeof(tmpdir)) != GW_OK) {
         so_seterr(err, errlen, base, "cannot create a private directory: %s", strerror(errno));
         return GW_EIO;
     }
@@ -632,10 +713,9 @@ gw_chan_registry_t *gw_chan_registry_new(uv_loop_t *loop, const char *dir, const
     r->loop = loop;
     r->settings = settings;
     r->drain_timeout_ms = drain_timeout_ms < 0 ? 0 : drain_timeout_ms;
-    const char *tmp = getenv("TMPDIR");
-    int n = snprintf(r->tmpdir, sizeof(r->tmpdir), "%s/paygate-chan.XXXXXX",
-                     tmp && *tmp ? tmp : "/tmp");
-    if (n < 0 || (size_t)n >= sizeof(r->tmpdir) || mkdtemp(r->tmpdir) == NULL) {
+    gw_chan_sweep_stale();
+    if (private_dir(r->tmpdir, sizeof(r->tmpdir)) != GW_OK) {
+        const char *tmp = getenv("TMPDIR");
         gw_log(GW_LOG_ERR, "channels: cannot create a private directory under %s: %s",
                tmp && *tmp ? tmp : "/tmp", strerror(errno));
         free(r->dir);

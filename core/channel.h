@@ -69,11 +69,17 @@ static inline void gw_chan_call_init(gw_chan_call_t *call, const gw_chan_module_
  * object), borrowed: it must outlive the registry or be replaced with
  * gw_chan_registry_set_settings() before it is freed.  Creates the private
  * directory for the copies under $TMPDIR (default /tmp; it must not be
- * mounted noexec).  Loads nothing: call gw_chan_reload() for that.
- * NULL when the private directory cannot be created (logged). */
+ * mounted noexec), "paygate-chan.<pid>.XXXXXX", after removing those of
+ * processes that are gone (gw_chan_sweep_stale).  Loads nothing: call
+ * gw_chan_reload() for that.  NULL when the private directory cannot be
+ * created (logged). */
 gw_chan_registry_t *gw_chan_registry_new(uv_loop_t *loop, const char *dir, const cJSON *settings,
                                          int drain_timeout_ms);
 void gw_chan_registry_set_settings(gw_chan_registry_t *r, const cJSON *settings);
+/* Removes the private directories under $TMPDIR that processes of our user
+ * left when they did not exit cleanly (their pid is gone): their module
+ * copies and the directory, each removal logged. */
+void gw_chan_sweep_stale(void);
 
 /* Builds and publishes a new generation.  GW_OK when it was published, even
  * if some files were rejected (see gw_chan_last_error / the JSON listing);

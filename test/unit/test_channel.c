@@ -1187,6 +1187,90 @@ static void test_unreadable_dir(void **state)
     env_close(&e);
 }
 
+/* A process that did not exit cleanly leaves its module copies; the next
+ * start removes them, and nothing else. */
+static int exists(const char *dir, const char *name)
+{
+    char p[PATH_MAX];
+    struct stat st;
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    return lstat(p, &st) == 0;
+}
+
+static void put_file(const char *dir, const char *name, const char *file)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    assert_true(mkdir(p, 0700) == 0 || errno == EEXIST);
+    if (file == NULL) return;
+    snprintf(p, sizeof(p), "%s/%s/%s", dir, name, file);
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0700);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "ELF", 3), 3);
+    close(fd);
+}
+
+static void test_sweep_stale(void **state)
+{
+    (void)state;
+    char tmp[PATH_MAX], name[PATH_MAX + 128], old_tmp[PATH_MAX] = "";
+    snprintf(tmp, sizeof(tmp), "%s/sweep", base);
+    assert_int_equal(mkdir(tmp, 0700), 0);
+    if (getenv("TMPDIR")) snprintf(old_tmp, sizeof(old_tmp), "%s", getenv("TMPDIR"));
+    setenv("TMPDIR", tmp, 1);
+    /* a pid that is gone: a child that has exited and been reaped */
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    int st;
+    waitpid(dead, &st, 0);
+    char gone1[64], gone2[64], gone_link[64], gone_sym[64], mine[64];
+    snprintf(gone1, sizeof(gone1), "paygate-chan.%ld.aaaaaa", (long)dead);
+    snprintf(gone2, sizeof(gone2), "paygate-chan.%ld.bbbbbb", (long)dead);
+    snprintf(gone_link, sizeof(gone_link), "paygate-chan.%ld.cccccc", (long)dead);
+    snprintf(gone_sym, sizeof(gone_sym), "paygate-chan.%ld.dddddd", (long)dead);
+    snprintf(mine, sizeof(mine), "paygate-chan.%ld.eeeeee", (long)getpid());
+    put_file(tmp, gone1, "swiftpass.1.1.so");
+    put_file(tmp, gone1, "mybank.1.2.so");
+    put_file(tmp, gone2, NULL);                  /* empty */
+    put_file(tmp, gone_link, "alipay.1.1.so");   /* plus a symlink: not removed whole */
+    snprintf(name, sizeof(name), "%s/%s/link", tmp, gone_link);
+    assert_int_equal(symlink("/etc/passwd", name), 0);
+    put_file(tmp, "elsewhere", "keep.so");       /* a directory named like ours that is a symlink */
+    snprintf(name, sizeof(name), "%s/%s", tmp, gone_sym);
+    char target[PATH_MAX + 16];
+    snprintf(target, sizeof(target), "%s/elsewhere", tmp);
+    assert_int_equal(symlink(target, name), 0);
+    put_file(tmp, mine, "swiftpass.1.1.so");     /* this process's */
+    put_file(tmp, "paygate-chan.1.ffffff", "swiftpass.1.1.so"); /* pid 1 is alive */
+    put_file(tmp, "paygate-chan.Xy12Zq", "swiftpass.1.1.so");   /* no pid in the name */
+
+    gw_chan_sweep_stale();
+    assert_false(exists(tmp, gone1));
+    assert_false(exists(tmp, gone2));
+    assert_true(exists(tmp, gone_link));
+    assert_true(exists(tmp, gone_sym));
+    snprintf(name, sizeof(name), "%s/elsewhere/keep.so", tmp);
+    assert_int_equal(access(name, F_OK), 0); /* not followed */
+    assert_true(exists(tmp, mine));
+    assert_true(exists(tmp, "paygate-chan.1.ffffff"));
+    assert_true(exists(tmp, "paygate-chan.Xy12Zq"));
+
+    /* a registry sweeps when it is made, and names its own directory by pid */
+    put_file(tmp, gone1, "swiftpass.1.1.so");
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    gw_chan_registry_t *r = gw_chan_registry_new(&loop, tmp, NULL, 1000);
+    assert_non_null(r);
+    assert_false(exists(tmp, gone1));
+    snprintf(name, sizeof(name), "%s/paygate-chan.%ld.", tmp, (long)getpid());
+    assert_int_equal(strncmp(gw_chan_private_dir(r), name, strlen(name)), 0);
+    gw_chan_registry_free(r);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    if (old_tmp[0]) setenv("TMPDIR", old_tmp, 1);
+    else unsetenv("TMPDIR");
+}
+
 static void on_wait(uv_timer_t *t)
 {
     uv_close((uv_handle_t *)t, NULL);
@@ -1452,6 +1536,7 @@ static void test_ctl_build(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sweep_stale),
         cmocka_unit_test(test_host_table),
         cmocka_unit_test(test_host_nonce_pool),
         cmocka_unit_test(test_host_xml_parse),
