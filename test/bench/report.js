@@ -25,9 +25,21 @@ function cpu(r) {
   const parts = Object.entries(c).filter(([k, v]) => v >= 0.5 || k === 'paygated').map(([k, v]) => `${k} ${v.toFixed(0)}`);
   return `${parts.join(', ')}; box ${n0(r.box_busy_pct)}${probe(r)}`;
 }
-/* gwload probe right before the window: the machine's speed then */
+/* gwload probe right before the window and during it: the machine's speed
+ * then.  The run's baseline is the median of the quiet probes; a window
+ * whose probe during it is 15 % or more above the baseline is flagged. */
+const median = (xs) => { const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b); return v.length ? v[v.length >> 1] : undefined; };
+const base = {
+  cpu: median(rows.filter((r) => r.probe).map((r) => r.probe.cpu_ms)),
+  sys: median(rows.filter((r) => r.probe).map((r) => r.probe.sys_ms)),
+};
+const slower = (r) => {
+  if (!r || !r.probe_load || !base.cpu || !base.sys) return 0;
+  return Math.max(r.probe_load.cpu_ms / base.cpu, r.probe_load.sys_ms / base.sys) - 1;
+};
 const probe = (r) => (r && r.probe ? `; probe ${n0(r.probe.cpu_ms)} / ${n0(r.probe.sys_ms)} ms` : '') +
-  (r && r.probe_load ? `${r.probe ? ', ' : '; probe '}during ${n0(r.probe_load.cpu_ms)} / ${n0(r.probe_load.sys_ms)} ms` : '');
+  (r && r.probe_load ? `${r.probe ? ', ' : '; probe '}during ${n0(r.probe_load.cpu_ms)} / ${n0(r.probe_load.sys_ms)} ms` : '') +
+  (slower(r) >= 0.15 ? ` **(machine ${(slower(r) * 100).toFixed(0)} % slower)**` : '');
 
 const out = [];
 const f = get('facts');
@@ -153,7 +165,8 @@ if (rows.some((r) => r.probe || r.probe_load)) {
   out.push('probe: the machine\'s speed measured on the quiet box right before the window (`gwload probe`, median of seven): ' +
     'CPU ms for a fixed computation / for 20 000 socketpair write + read pairs; "during": the median of samples of an eighth ' +
     'of that work, scaled up, taken every 0.5 s through the window. Lower is faster; this VM has stretches ' +
-    'in which both rise by tens of percent, and every process\'s CPU per order with them.');
+    'in which both rise by tens of percent, and every process\'s CPU per order with them. "Machine slower": the probe ' +
+    `during the window 15 % or more above this run's quiet median (${n0(base.cpu)} / ${n0(base.sys)} ms).`);
 }
 if (pgBest && ctob) out.push('');
 console.log(out.join('\n'));
