@@ -6,10 +6,11 @@
 -- of the 35-column row and its copy into the answer were ~4 % of
 -- PostgreSQL's instructions per c-to-b order (callgrind on a backend,
 -- docs/performance.md "Seventh round"), and parsing it the largest JSON
--- paygated reads per order.  gw_order_create (0015) returns this answer
+-- paygated reads per order; the insert returns only those columns into
+-- the CTE too.  gw_order_create (0015) returns this answer
 -- when it creates; a repeat still gets the whole stored row ("created":
 -- false), which paygated takes as it is.  The body is 0015's but for the
--- last SELECT.
+-- RETURNING list and the last SELECT.
 CREATE OR REPLACE FUNCTION gw_order_create_many(p jsonb) RETURNS TABLE (r json, i int)
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -50,7 +51,10 @@ BEGIN
                CASE WHEN a ? 'lease_ms' THEN now() + make_interval(secs => (a->>'lease_ms')::float8 / 1000) END
           FROM priced
         ON CONFLICT (merchant_id, out_trade_no) DO NOTHING
-        RETURNING *
+        -- only what the answer and the event use (not RETURNING *)
+        RETURNING id, trade_no, status, currency, rate_ppm, fee, cashback, settle_amount,
+                  refunded_amount, check_attempts, expire_at, next_check_at, lease_owner,
+                  lease_until, created_at, updated_at
     ), ev AS (
         INSERT INTO order_events (order_id, from_status, to_status, source)
         SELECT id, NULL, 'CREATED', 'api' FROM ins
