@@ -136,6 +136,18 @@ static void req_free(gw_http_req_t *r)
     else free(r);
 }
 
+/* The server's next request id into out (n bytes, at least 17): "%08x%08llx"
+ * of its random prefix and its count, written without printf (a count past
+ * 2^60 would keep its low digits where snprintf kept the high ones). */
+static void next_req_id(gw_http_server_t *s, char *out, size_t n)
+{
+    uint64_t count = ++s->next_id;
+    int digits = 8;
+    while (digits < (int)n - 9 && (count >> (4 * digits)) != 0) digits++;
+    gw_hex_u64(s->id_prefix, 8, out);
+    gw_hex_u64(count, digits, out + 8);
+}
+
 static gw_http_req_t *req_new(gw_http_conn_t *c)
 {
     gw_http_server_t *s = c->srv;
@@ -152,13 +164,7 @@ static gw_http_req_t *req_new(gw_http_conn_t *c)
     r->conn_ = c;
     r->route = "-";
     r->start_us = gw_mono_us();
-    /* "%08x%08llx" without printf (a count past 2^60 would keep its low
-     * digits where snprintf kept the high ones) */
-    uint64_t n = ++s->next_id;
-    int digits = 8;
-    while (digits < (int)sizeof(r->id) - 9 && (n >> (4 * digits)) != 0) digits++;
-    gw_hex_u64(s->id_prefix, 8, r->id);
-    gw_hex_u64(n, digits, r->id + 8);
+    next_req_id(s, r->id, sizeof(r->id));
     memcpy(r->peer, c->peer, sizeof(r->peer));
     return r;
 }
@@ -425,8 +431,7 @@ static void conn_fail(gw_http_conn_t *c, int status, const char *code, const cha
     gw_http_req_t *r = c->req;
     char idbuf[24];
     if (r == NULL) /* no request parsed yet (connection cap): still give an id */
-        snprintf(idbuf, sizeof(idbuf), "%08x%08llx", c->srv->id_prefix,
-                 (unsigned long long)++c->srv->next_id);
+        next_req_id(c->srv, idbuf, sizeof(idbuf));
     const char *id = r ? r->id : idbuf;
     build_head(&out, status, "application/json", body.len, id, NULL, 0);
     gw_log_req(GW_LOG_INFO, id, "%s: %s %d %s (%s)", c->srv->name, c->peer, status, code, msg);
