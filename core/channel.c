@@ -229,10 +229,15 @@ out:
  * symlink followed.  A directory whose pid was reused by another process
  * waits for a later start.
  */
-static gw_err_t private_dir(char *out, size_t outlen)
+static const char *tmp_base(void)
 {
     const char *tmp = getenv("TMPDIR");
-    int n = snprintf(out, outlen, "%s/paygate-chan.%ld.XXXXXX", tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    return tmp && *tmp ? tmp : "/tmp";
+}
+
+static gw_err_t private_dir(char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, "%s/paygate-chan.%ld.XXXXXX", tmp_base(), (long)getpid());
     if (n < 0 || (size_t)n >= outlen || mkdtemp(out) == NULL) return GW_EIO;
     return GW_OK;
 }
@@ -266,8 +271,7 @@ static int remove_stale(int base, const char *name)
 
 void gw_chan_sweep_stale(void)
 {
-    const char *tmp = getenv("TMPDIR");
-    const char *dir = tmp && *tmp ? tmp : "/tmp";
+    const char *dir = tmp_base();
     int base = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (base < 0) return;
     DIR *d = fdopendir(base);
@@ -715,9 +719,8 @@ gw_chan_registry_t *gw_chan_registry_new(uv_loop_t *loop, const char *dir, const
     r->drain_timeout_ms = drain_timeout_ms < 0 ? 0 : drain_timeout_ms;
     gw_chan_sweep_stale();
     if (private_dir(r->tmpdir, sizeof(r->tmpdir)) != GW_OK) {
-        const char *tmp = getenv("TMPDIR");
-        gw_log(GW_LOG_ERR, "channels: cannot create a private directory under %s: %s",
-               tmp && *tmp ? tmp : "/tmp", strerror(errno));
+        gw_log(GW_LOG_ERR, "channels: cannot create a private directory under %s: %s", tmp_base(),
+               strerror(errno));
         free(r->dir);
         free(r);
         return NULL;
