@@ -624,22 +624,31 @@ static void on_written(uv_write_t *w, int status)
 /* The n-th request of the open loop is due at this time. */
 static uint64_t due_ns(uint64_t n) { return R.t_start + (uint64_t)((double)n * 1e9 / opt.rate); }
 
+/* Writes what the socket takes of p[0, len) now (uv_try_write: libuv's
+ * uv_write alone armed and disarmed POLLOUT for every request and answer,
+ * one epoll_ctl each, a third of gwload's and the stubs' system calls);
+ * the bytes written (0 when it takes none now), or a libuv error.  The
+ * caller hands a rest to uv_write. */
+static int write_now(uv_stream_t *s, char *p, size_t len)
+{
+    uv_buf_t b = uv_buf_init(p, (unsigned)len);
+    int n = uv_try_write(s, &b, 1);
+    return n == UV_EAGAIN ? 0 : n;
+}
+
 static void conn_send(conn_t *c)
 {
     build_request(&c->out);
     c->busy = 1;
     c->sent_ns = opt.rate > 0 ? due_ns(R.sent++) : now_ns();
-    uv_buf_t b = uv_buf_init(c->out.p, (unsigned)c->out.len);
-    /* uv_try_write first: libuv's uv_write alone armed and disarmed POLLOUT
-     * for every request (one epoll_ctl each, a third of gwload's system
-     * calls); c->out stays untouched until the answer, so a rest can wait */
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    if (n == (int)b.len) return;
-    if (n < 0 && n != UV_EAGAIN) {
+    int n = write_now((uv_stream_t *)&c->tcp, c->out.p, c->out.len);
+    if (n < 0) {
         conn_lost(c, uv_strerror(n));
         return;
     }
-    if (n > 0) b = uv_buf_init(c->out.p + n, (unsigned)(c->out.len - (size_t)n));
+    if ((size_t)n == c->out.len) return;
+    /* c->out stays untouched until the answer, so the rest can wait */
+    uv_buf_t b = uv_buf_init(c->out.p + n, (unsigned)(c->out.len - (size_t)n));
     c->wreq.data = c;
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (rc != 0) conn_lost(c, uv_strerror(rc));
@@ -960,24 +969,22 @@ static void s_written(uv_write_t *w, int status)
     free(r);
 }
 
-/* Sends p[0, len) and frees p once it is sent: uv_try_write first (see
- * conn_send), the rest, if any, through uv_write. */
+/* Sends p[0, len) and frees p once it is sent: write_now, the rest, if
+ * any, through uv_write. */
 static void send_owned(uv_stream_t *s, char *p, size_t len)
 {
-    uv_buf_t wb = uv_buf_init(p, (unsigned)len);
-    int n = uv_try_write(s, &wb, 1);
-    if (n == (int)len || (n < 0 && n != UV_EAGAIN)) {
+    int n = write_now(s, p, len);
+    if (n < 0 || (size_t)n == len) {
         free(p);
         return;
     }
-    size_t off = n > 0 ? (size_t)n : 0;
     swr_t *r = malloc(sizeof(*r));
     if (r == NULL) {
         free(p);
         return;
     }
     r->data = p;
-    wb = uv_buf_init(p + off, (unsigned)(len - off));
+    uv_buf_t wb = uv_buf_init(p + n, (unsigned)(len - (size_t)n));
     if (uv_write(&r->w, s, &wb, 1, s_written) != 0) {
         free(p);
         free(r);
