@@ -44,6 +44,8 @@
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
 # callgrind during ctob; needs valgrind; use BENCH_CONNS=8),
+# BENCH_PERF_TAGS ("slow-ref-0 slow-ref-1": paygated's perf profile and
+# system calls in those windows; needs linux-perf),
 # BENCH_SUBS (the fast shop's sub-merchants, 3; 1 means no rotation
 # counter per order), BENCH_PG_SHARED_BUFFERS (256MB), BENCH_LOG_LEVEL (warn), BENCH_PRELOAD
 # (LD_PRELOAD for paygated: a diagnostic), BENCH_GLIBC_TUNABLES (for paygated: a
@@ -426,10 +428,34 @@ create() { # shop method tag [extra gwload args…]
   local expect='"status":"PENDING"'
   [ "$method" = barcode ] && expect='"status":"SUCCESS"'
   probe_during
+  perf_window "$tag"
   "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop "$shop" --method "$method" \
     --conns "$CONNS" --duration "$DUR" --warmup "$WARM" --expect "$expect" --watch "$WATCH" \
     --rss-pid "$PAYGATED_PID" --tag "$tag" "$@"
   wait "$PROBE_PID" || true
+  [ -z "${PERFW_PID:-}" ] || { wait "$PERFW_PID" || true; PERFW_PID=; }
+}
+# BENCH_PERF_TAGS="tag …": paygated's profile (perf record, no call graphs)
+# and system calls (perf trace -s) during those windows, each over half of
+# the measured time, in build/bench/perf-<tag>.txt — to compare two windows
+# of one run (e.g. slow-ref-0 with slow-ref-1)
+perf_window() { # tag
+  PERFW_PID=
+  case " ${BENCH_PERF_TAGS:-} " in *" $1 "*) ;; *) return 0 ;; esac
+  command -v perf >/dev/null || { say "BENCH_PERF_TAGS needs perf (apt-get install linux-perf)"; return 0; }
+  local half=$(( (DUR > 3 ? DUR : 4) / 2 )) tag=$1
+  ( sleep "$WARM"
+    o0=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
+    perf record -F 999 -p "$PAYGATED_PID" -o "$WORK/perf-$tag.data" -- sleep "$half" > /dev/null 2>&1
+    o1=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
+    perf trace -s -p "$PAYGATED_PID" -o "$WORK/trace-$tag.txt" -- sleep "$half" > /dev/null 2>&1
+    o2=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
+    set +o pipefail
+    { echo "# $tag: perf record -p paygated for $half s ($((o1 - o0)) orders created meanwhile)"
+      perf report -i "$WORK/perf-$tag.data" --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+      echo; echo "# $tag: perf trace -s -p paygated for $half s ($((o2 - o1)) orders created meanwhile)"
+      cat "$WORK/trace-$tag.txt"; } > "$OUT/perf-$tag.txt" ) &
+  PERFW_PID=$!
 }
 # the machine's speed during the window too (gwload probe samples ~1 % of a
 # core), in $WORK/probe-load.json for the next phase_json
