@@ -45,7 +45,8 @@
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
 # callgrind during ctob; needs valgrind; use BENCH_CONNS=8),
 # BENCH_PERF_TAGS ("slow-ref-0 slow-ref-1": paygated's perf profile and
-# system calls in those windows; needs linux-perf),
+# system calls in those windows; needs linux-perf; BENCH_PERF_CG=1 adds
+# call graphs),
 # BENCH_SUBS (the fast shop's sub-merchants, 3; 1 means no rotation
 # counter per order), BENCH_PG_SHARED_BUFFERS (256MB), BENCH_LOG_LEVEL (warn), BENCH_PRELOAD
 # (LD_PRELOAD for paygated: a diagnostic), BENCH_GLIBC_TUNABLES (for paygated: a
@@ -446,13 +447,19 @@ perf_window() { # tag
   local half=$(( (DUR > 3 ? DUR : 4) / 2 )) tag=$1
   ( sleep "$WARM"
     o0=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
-    perf record -F 999 -p "$PAYGATED_PID" -o "$WORK/perf-$tag.data" -- sleep "$half" > /dev/null 2>&1
+    # BENCH_PERF_CG=1: with DWARF call graphs, and inclusive time in the report
+    perf record -F 999 ${BENCH_PERF_CG:+--call-graph dwarf,16384} -p "$PAYGATED_PID" -o "$WORK/perf-$tag.data" \
+      -- sleep "$half" > /dev/null 2>&1
     o1=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
     perf trace -s -p "$PAYGATED_PID" -o "$WORK/trace-$tag.txt" -- sleep "$half" > /dev/null 2>&1
     o2=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders")
     set +o pipefail
     { echo "# $tag: perf record -p paygated for $half s ($((o1 - o0)) orders created meanwhile)"
-      perf report -i "$WORK/perf-$tag.data" --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+      perf report -i "$WORK/perf-$tag.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+      if [ -n "${BENCH_PERF_CG:-}" ]; then
+        echo; echo "# $tag: inclusive time (children) by symbol"
+        perf report -i "$WORK/perf-$tag.data" --children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -100
+      fi
       echo; echo "# $tag: perf trace -s -p paygated for $half s ($((o2 - o1)) orders created meanwhile)"
       cat "$WORK/trace-$tag.txt"; } > "$OUT/perf-$tag.txt" ) &
   PERFW_PID=$!
