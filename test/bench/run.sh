@@ -44,6 +44,9 @@
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
 # callgrind during ctob; needs valgrind; use BENCH_CONNS=8),
+# BENCH_RETRIES (2: how many times a headline c-to-b window run while the
+# machine was BENCH_RETRY_PCT (15) % or more slower is measured again; 0
+# for never),
 # BENCH_PERF_TAGS ("slow-ref-0 slow-ref-1": paygated's perf profile and
 # system calls in those windows; needs linux-perf; BENCH_PERF_CG=1 adds
 # call graphs),
@@ -240,6 +243,53 @@ settle() {
   # the machine's speed right before the window (gwload probe), recorded
   # with the next phase_json: this VM has slow stretches
   PROBE=$("$GWLOAD" probe | jq -c '{cpu_ms, sys_ms}' 2>/dev/null) || PROBE=
+  [ -z "$PROBE" ] || echo "$PROBE" | jq -r '"\(.cpu_ms) \(.sys_ms)"' >> "$WORK/quiet-probes.txt"
+}
+
+# How much slower the machine ran during the window just measured than on
+# the quiet box: the probe taken during it ($WORK/probe-load.json, before
+# phase_json consumes it) against the median of this run's quiet probes,
+# in whole per cent, the larger of the CPU and socket figures (0 when
+# either is missing).  report.js flags a window at 15 % the same way.
+slower_pct() {
+  [ -s "$WORK/probe-load.json" ] && [ -s "$WORK/quiet-probes.txt" ] || { echo 0; return; }
+  local med
+  med="$(cut -d' ' -f1 "$WORK/quiet-probes.txt" | sort -g | awk '{v[NR]=$1} END {print v[int(NR/2)+1]}') $(
+         cut -d' ' -f2 "$WORK/quiet-probes.txt" | sort -g | awk '{v[NR]=$1} END {print v[int(NR/2)+1]}')"
+  jq -r --arg med "$med" '($med | split(" ") | map(tonumber)) as [$c, $s]
+    | if $c > 0 and $s > 0 and .cpu_ms and .sys_ms
+      then ([.cpu_ms / $c, .sys_ms / $s] | max) * 100 - 100 | floor | if . < 0 then 0 else . end
+      else 0 end' "$WORK/probe-load.json" 2>/dev/null || echo 0
+}
+
+# A headline c-to-b window (ctob, ctobrate), measured again when the
+# machine was slow through it: this VM has stretches in which every
+# process needs 15-40 % more CPU for the same work, and a window inside
+# one measures the VM, not paygated.  Up to BENCH_RETRIES (2) more
+# attempts; each one set aside goes into the results as NAME_slowed with
+# its figures and the slowdown, and the report lists it under the
+# headline; the first attempt at the machine's usual speed (or the last
+# one) is the headline.  No retries under BENCH_PROFILE or BENCH_CALLGRIND.
+headline_window() { # name tag create-args…
+  local name=$1 tag=$2 attempt=1 max=$(( 1 + ${BENCH_RETRIES:-2} )) s0 s1 t0 t1 j d slow
+  shift 2
+  [ -z "${BENCH_PROFILE:-}${BENCH_CALLGRIND:-}" ] || max=1
+  while :; do
+    s0=$(pg_snap); t0=$(date +%s.%N)
+    j=$(create "$@")
+    s1=$(pg_snap); t1=$(date +%s.%N)
+    d=$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")
+    slow=$(slower_pct)
+    if [ "$slow" -ge "${BENCH_RETRY_PCT:-15}" ] && [ "$attempt" -lt "$max" ]; then
+      phase_json "${name}_slowed" "$j" "$d,\"attempt\":$attempt,\"slower_pct\":$slow"
+      say "the machine ran $slow % slower than its quiet median through that window: measuring again"
+      attempt=$((attempt + 1))
+      settle
+      continue
+    fi
+    phase_json "$name" "$j" "$d,\"attempt\":$attempt"
+    return 0
+  done
 }
 
 # ---------------------------------------------------------------- ceilings
@@ -475,6 +525,14 @@ probe_during() {
 # a short untimed warm-up: caches, prepared statements, connections
 "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs1 --conns 16 \
   --duration 2 --warmup 1 --expect '"status":"PENDING"' > /dev/null
+# the machine's quiet speed, three times, so that the first window already
+# has a baseline to be compared with (slower_pct, report.js)
+for _ in 1 2 3; do
+  PROBE=$("$GWLOAD" probe | jq -c '{cpu_ms, sys_ms}' 2>/dev/null) || PROBE=
+  [ -z "$PROBE" ] || { echo "$PROBE" | jq -r '"\(.cpu_ms) \(.sys_ms)"' >> "$WORK/quiet-probes.txt"
+                       echo "{\"phase\":\"quiet_probe\",\"probe\":$PROBE}" >> "$RESULTS"; }
+  PROBE=
+done
 
 # ---------------------------------------------------------------- ctob
 if has_phase ctob; then
@@ -504,10 +562,7 @@ if has_phase ctob; then
         cat "$WORK/trace.txt"; } > "$OUT/syscalls-ctob.txt" ) &
     PERF_PID=$!
   fi
-  s0=$(pg_snap); t0=$(date +%s.%N)
-  j=$(create bs1 wechat_qr ctob)
-  s1=$(pg_snap); t1=$(date +%s.%N)
-  phase_json ctob "$j" "$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")"
+  headline_window ctob ctob bs1 wechat_qr ctob
   if [ -n "${BENCH_CALLGRIND:-}" ]; then
     callgrind_control -d "$PAYGATED_PID" >/dev/null
     sleep 1
@@ -551,10 +606,7 @@ fi
 if has_phase ctobrate; then
   settle
   say "c-to-b at a fixed $RATE orders/s offered (open loop, up to $RATE_CONNS connections), $DUR s"
-  s0=$(pg_snap); t0=$(date +%s.%N)
-  j=$(create bs1 wechat_qr ctobrate --rate "$RATE" --conns "$RATE_CONNS")
-  s1=$(pg_snap); t1=$(date +%s.%N)
-  phase_json ctobrate "$j" "$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")"
+  headline_window ctobrate ctobrate bs1 wechat_qr ctobrate --rate "$RATE" --conns "$RATE_CONNS"
 fi
 
 # ---------------------------------------------------------------- sweep
