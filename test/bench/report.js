@@ -68,7 +68,8 @@ const lat = (r) => (r ? `${n2(r.p50_ms)} / ${n2(r.p99_ms)} / ${n2(r.p999_ms)}` :
 const sysc = (r) => (r && r.rw_syscalls_per_req !== undefined
   ? `paygated ${n2(r.rw_syscalls_per_req)} read/write system calls and ${n2(r.ctx_switches_per_req)} context switches per order; ` : '');
 const pgs = (r) => (r && r.pg ? `; PG ${n0(r.pg.commits_per_s)} transactions/s, ${n0(r.pg.wal_syncs_per_s)} WAL flushes/s (${n2(r.pg.commits_per_sync)} transactions/flush)` +
-  (r.pg.order_updates_per_s ? `, ${n0(r.pg.order_updates_hot_pct)} % of ${n0(r.pg.order_updates_per_s)} order updates/s HOT` : '') : '');
+  (r.pg.order_updates_per_s ? `, ${n0(r.pg.order_updates_hot_pct)} % of ${n0(r.pg.order_updates_per_s)} order updates/s HOT` : '') +
+  (r.pg.orders_per_create_batch ? `; ${n1(r.pg.orders_per_create_batch)} orders per create batch, ${n1(r.pg.updates_per_transition_batch)} updates per first-transition batch` : '') : '');
 const att = (r) => (r && r.attempt > 1 ? ` (attempt ${r.attempt})` : '');
 const bad = (r) => (r && r.bad ? ` (${n0(r.bad)} bad: ${JSON.stringify(r.status)})` : '');
 

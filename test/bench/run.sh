@@ -201,20 +201,33 @@ if [ -n "${BENCH_SYNC_COMMIT:-}" ]; then
     -c "ALTER SYSTEM SET synchronous_commit = '$BENCH_SYNC_COMMIT'" -c "SELECT pg_reload_conf()" >/dev/null
   sleep 0.5
 fi
+# function call counts for pg_snap (batches per window); the cost is a
+# clock read per call of a plpgsql function: batches, not orders
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate \
+  -c "ALTER SYSTEM SET track_functions = 'pl'" -c "SELECT pg_reload_conf()" >/dev/null
 "${PSQL[@]}" -tAc "SHOW synchronous_commit; SHOW fsync;" | tr '\n' ' ' | sed 's/^/bench: synchronous_commit, fsync: /' >&2; echo >&2
 
 # PostgreSQL's own view of a phase: commits and WAL flushes (pg_stat_wal,
 # PostgreSQL 14+): commits per flush is how much group commit helped.
 pg_snap() {
   # commits, WAL flushes, writes, bytes; the orders table's updates and HOT updates
+  # (the stats are flushed when a backend goes idle: a window's figures are
+  # exact to within a second's worth); then orders inserted, and calls of
+  # the two c-to-b batch functions (track_functions, set above)
   "${PSQL[@]}" -tAc "SELECT (SELECT sum(xact_commit) FROM pg_stat_database) || ' ' || wal_sync || ' ' || wal_write || ' ' || wal_bytes
-      || ' ' || (SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders') FROM pg_stat_wal" 2>/dev/null || echo "0 0 0 0 0 0"
+      || ' ' || (SELECT n_tup_upd || ' ' || n_tup_hot_upd || ' ' || n_tup_ins FROM pg_stat_user_tables WHERE relname = 'orders')
+      || ' ' || (SELECT COALESCE(sum(calls) FILTER (WHERE funcname = 'gw_order_create_many'), 0) || ' '
+                        || COALESCE(sum(calls) FILTER (WHERE funcname = 'gw_order_transition_first_many'), 0)
+                   FROM pg_stat_user_functions) FROM pg_stat_wal" 2>/dev/null || echo "0 0 0 0 0 0 0 0 0"
 }
 pg_delta() { # snap_before snap_after seconds -> json fragment
   local a=($1) b=($2) sec=$3
   awk -v c0="${a[0]}" -v s0="${a[1]}" -v w0="${a[2]}" -v b0="${a[3]}" -v c1="${b[0]}" -v s1="${b[1]}" -v w1="${b[2]}" -v b1="${b[3]}" \
       -v u0="${a[4]:-0}" -v h0="${a[5]:-0}" -v u1="${b[4]:-0}" -v h1="${b[5]:-0}" -v t="$sec" \
-    'BEGIN { c=c1-c0; s=s1-s0; u=u1-u0; printf "\"pg\":{\"commits_per_s\":%.0f,\"wal_syncs_per_s\":%.0f,\"wal_writes_per_s\":%.0f,\"commits_per_sync\":%.2f,\"wal_kb_per_s\":%.0f,\"order_updates_per_s\":%.0f,\"order_updates_hot_pct\":%.0f}", c/t, s/t, (w1-w0)/t, (s>0?c/s:0), (b1-b0)/1024/t, u/t, (u>0?(h1-h0)*100/u:0) }'
+      -v i0="${a[6]:-0}" -v i1="${b[6]:-0}" -v cb0="${a[7]:-0}" -v cb1="${b[7]:-0}" -v tb0="${a[8]:-0}" -v tb1="${b[8]:-0}" \
+    'BEGIN { c=c1-c0; s=s1-s0; u=u1-u0; cb=cb1-cb0; tb=tb1-tb0
+      printf "\"pg\":{\"commits_per_s\":%.0f,\"wal_syncs_per_s\":%.0f,\"wal_writes_per_s\":%.0f,\"commits_per_sync\":%.2f,\"wal_kb_per_s\":%.0f,\"order_updates_per_s\":%.0f,\"order_updates_hot_pct\":%.0f,\"orders_per_create_batch\":%.1f,\"updates_per_transition_batch\":%.1f}",
+        c/t, s/t, (w1-w0)/t, (s>0?c/s:0), (b1-b0)/1024/t, u/t, (u>0?(h1-h0)*100/u:0), (cb>0?(i1-i0)/cb:0), (tb>0?u/tb:0) }'
 }
 
 phase_json() { # name json [extra json fragment] -> results
