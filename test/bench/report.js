@@ -175,8 +175,8 @@ if (idle) {
 if (rows.some((r) => r.probe || r.probe_load)) {
   out.push('');
   out.push('probe: the machine\'s speed measured on the quiet box right before the window (`gwload probe`, median of seven): ' +
-    'CPU ms for a fixed computation / for 20 000 socketpair write + read pairs; "during": the median of samples of an eighth ' +
-    'of that work, scaled up, taken every 0.5 s through the window. Lower is faster; this VM has stretches ' +
+    'CPU ms for a fixed computation / for 20 000 socketpair write + read pairs; "during": the median of samples of a 32nd ' +
+    'of that work, scaled up, taken every 125 ms at nice 19 through the window. Lower is faster; this VM has stretches ' +
     'in which both rise by tens of percent, and every process\'s CPU per order with them. "Machine slower": the probe ' +
     `during the window 15 % or more above this run's quiet median (${n0(base.cpu)} / ${n0(base.sys)} ms).`);
 }

@@ -527,7 +527,7 @@ perf_window() { # tag
       cat "$WORK/trace-$tag.txt"; } > "$OUT/perf-$tag.txt" ) &
   PERFW_PID=$!
 }
-# the machine's speed during the window too (gwload probe samples ~1 % of a
+# the machine's speed during the window too (gwload probe samples ~2 % of a
 # core), in $WORK/probe-load.json for the next phase_json
 probe_during() {
   "$GWLOAD" probe --duration "$DUR" --warmup "$WARM" 2>/dev/null | jq -c '{cpu_ms, sys_ms, cpu_max_ms, sys_max_ms}' \
