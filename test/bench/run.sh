@@ -201,6 +201,21 @@ if [ -n "${BENCH_SYNC_COMMIT:-}" ]; then
     -c "ALTER SYSTEM SET synchronous_commit = '$BENCH_SYNC_COMMIT'" -c "SELECT pg_reload_conf()" >/dev/null
   sleep 0.5
 fi
+# WAL segments ready to be reused, as in a cluster in service.  A fresh
+# cluster creates each new 16 MB segment when the WAL reaches it, writing
+# it whole (zeros) and flushing it while every commit waits: ~60 ms on this
+# disk, every 1.6 s at the c-to-b windows' ~10 MB/s of WAL, which put the
+# open loop's p99 inside those stalls.  A cluster that has run a while
+# recycles the segments its checkpoints free instead (renamed, not
+# written).  So: min_wal_size 1 GB (checkpoints keep that much for reuse,
+# docs/operations.md), 1 GB of segments made now (a switch to a new segment
+# 64 times, ~4 s), and a checkpoint that recycles them.  settle's
+# checkpoint before each window recycles what the window before used.
+say "PostgreSQL: 1 GB of WAL segments made ready for reuse (min_wal_size)"
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate \
+  -c "ALTER SYSTEM SET min_wal_size = '1GB'" -c "ALTER SYSTEM SET max_wal_size = '2GB'" -c "SELECT pg_reload_conf()" \
+  -c "DO \$\$ BEGIN FOR i IN 1..64 LOOP PERFORM pg_logical_emit_message(false, 'bench', 'x'); PERFORM pg_switch_wal(); END LOOP; END \$\$" \
+  -c "CHECKPOINT" >/dev/null
 # function call counts for pg_snap (batches per window); the cost is a
 # clock read per call of a plpgsql function: batches, not orders
 "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate \
