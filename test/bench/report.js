@@ -32,13 +32,17 @@ const median = (xs) => { const v = xs.filter((x) => Number.isFinite(x)).sort((a,
 const base = {
   cpu: median(rows.filter((r) => r.probe).map((r) => r.probe.cpu_ms)),
   sys: median(rows.filter((r) => r.probe).map((r) => r.probe.sys_ms)),
+  mem: median(rows.filter((r) => r.probe && r.probe.mem_ms).map((r) => r.probe.mem_ms)),
 };
+/* (results from before the memory part have no mem_ms: CPU and socket only) */
 const slower = (r) => {
   if (!r || !r.probe_load || !base.cpu || !base.sys) return 0;
-  return Math.max(r.probe_load.cpu_ms / base.cpu, r.probe_load.sys_ms / base.sys) - 1;
+  const m = base.mem && r.probe_load.mem_ms ? r.probe_load.mem_ms / base.mem : 0;
+  return Math.max(r.probe_load.cpu_ms / base.cpu, r.probe_load.sys_ms / base.sys, m) - 1;
 };
-const probe = (r) => (r && r.probe ? `; probe ${n0(r.probe.cpu_ms)} / ${n0(r.probe.sys_ms)} ms` : '') +
-  (r && r.probe_load ? `${r.probe ? ', ' : '; probe '}during ${n0(r.probe_load.cpu_ms)} / ${n0(r.probe_load.sys_ms)} ms` : '') +
+const pms = (p) => `${n0(p.cpu_ms)} / ${n0(p.sys_ms)}${p.mem_ms ? ` / ${n0(p.mem_ms)}` : ''} ms`;
+const probe = (r) => (r && r.probe ? `; probe ${pms(r.probe)}` : '') +
+  (r && r.probe_load ? `${r.probe ? ', ' : '; probe '}during ${pms(r.probe_load)}` : '') +
   (slower(r) >= 0.15 ? ` **(machine ${(slower(r) * 100).toFixed(0)} % slower)**` : '');
 
 const out = [];
@@ -174,11 +178,12 @@ if (idle) {
 }
 if (rows.some((r) => r.probe || r.probe_load)) {
   out.push('');
-  out.push('probe: the machine\'s speed measured on the quiet box right before the window (`gwload probe`, median of seven): ' +
-    'CPU ms for a fixed computation / for 20 000 socketpair write + read pairs; "during": the median of samples of a 32nd ' +
-    'of that work, scaled up, taken every 125 ms at nice 19 through the window. Lower is faster; this VM has stretches ' +
-    'in which both rise by tens of percent, and every process\'s CPU per order with them. "Machine slower": the probe ' +
-    `during the window 15 % or more above this run's quiet median (${n0(base.cpu)} / ${n0(base.sys)} ms).`);
+  out.push('probe: the machine\'s speed measured on the quiet box right before the window (`gwload probe`): ' +
+    'CPU ms for a fixed computation / for 20 000 socketpair write + read pairs / for 256 Ki dependent loads through 32 MiB ' +
+    '(the medians of samples of a 32nd of that work, scaled up, taken every 125 ms at nice 19 for 2 s); "during": the same ' +
+    'through the window. Lower is faster; this VM has stretches ' +
+    'in which they rise by tens of percent, and every process\'s CPU per order with them. "Machine slower": a probe ' +
+    `during the window 15 % or more above this run's quiet median (${pms(base)}).`);
 }
 if (pgBest && ctob) out.push('');
 console.log(out.join('\n'));

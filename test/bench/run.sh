@@ -270,8 +270,15 @@ settle() {
     say "settle: VACUUM / CHECKPOINT failed (the window runs anyway)"
   # the machine's speed right before the window (gwload probe), recorded
   # with the next phase_json: this VM has slow stretches
-  PROBE=$("$GWLOAD" probe | jq -c '{cpu_ms, sys_ms}' 2>/dev/null) || PROBE=
-  [ -z "$PROBE" ] || echo "$PROBE" | jq -r '"\(.cpu_ms) \(.sys_ms)"' >> "$WORK/quiet-probes.txt"
+  quiet_probe
+}
+# The probe on the quiet box, sampled as during a window (a 32nd of the
+# work every 125 ms, for 2 s), so that the two compare like with like: the
+# memory part's small samples after a pause run ~50 % slower than the
+# whole work in one go.  In $PROBE, and appended to quiet-probes.txt.
+quiet_probe() {
+  PROBE=$("$GWLOAD" probe --duration 2 --warmup 0 | jq -c '{cpu_ms, sys_ms, mem_ms}' 2>/dev/null) || PROBE=
+  [ -z "$PROBE" ] || echo "$PROBE" | jq -r '"\(.cpu_ms) \(.sys_ms) \(.mem_ms)"' >> "$WORK/quiet-probes.txt"
 }
 
 # How much slower the machine ran during the window just measured than on
@@ -281,12 +288,11 @@ settle() {
 # either is missing).  report.js flags a window at 15 % the same way.
 slower_pct() {
   [ -s "$WORK/probe-load.json" ] && [ -s "$WORK/quiet-probes.txt" ] || { echo 0; return; }
-  local med
-  med="$(cut -d' ' -f1 "$WORK/quiet-probes.txt" | sort -g | awk '{v[NR]=$1} END {print v[int(NR/2)+1]}') $(
-         cut -d' ' -f2 "$WORK/quiet-probes.txt" | sort -g | awk '{v[NR]=$1} END {print v[int(NR/2)+1]}')"
-  jq -r --arg med "$med" '($med | split(" ") | map(tonumber)) as [$c, $s]
-    | if $c > 0 and $s > 0 and .cpu_ms and .sys_ms
-      then ([.cpu_ms / $c, .sys_ms / $s] | max) * 100 - 100 | floor | if . < 0 then 0 else . end
+  local med f
+  med=$(for f in 1 2 3; do cut -d' ' -f$f "$WORK/quiet-probes.txt" | sort -g | awk '{v[NR]=$1} END {print v[int(NR/2)+1]}'; done)
+  jq -r --arg med "$med" '($med | split("\n") | map(tonumber)) as [$c, $s, $m]
+    | if $c > 0 and $s > 0 and $m > 0 and .cpu_ms and .sys_ms and .mem_ms
+      then ([.cpu_ms / $c, .sys_ms / $s, .mem_ms / $m] | max) * 100 - 100 | floor | if . < 0 then 0 else . end
       else 0 end' "$WORK/probe-load.json" 2>/dev/null || echo 0
 }
 
@@ -545,7 +551,7 @@ perf_window() { # tag
 # the machine's speed during the window too (gwload probe samples ~2 % of a
 # core), in $WORK/probe-load.json for the next phase_json
 probe_during() {
-  "$GWLOAD" probe --duration "$DUR" --warmup "$WARM" 2>/dev/null | jq -c '{cpu_ms, sys_ms, cpu_max_ms, sys_max_ms}' \
+  "$GWLOAD" probe --duration "$DUR" --warmup "$WARM" 2>/dev/null | jq -c '{cpu_ms, sys_ms, mem_ms, cpu_max_ms, sys_max_ms, mem_max_ms}' \
     > "$WORK/probe-load.json" 2>/dev/null &
   PROBE_PID=$!
 }
@@ -556,9 +562,8 @@ probe_during() {
 # the machine's quiet speed, three times, so that the first window already
 # has a baseline to be compared with (slower_pct, report.js)
 for _ in 1 2 3; do
-  PROBE=$("$GWLOAD" probe | jq -c '{cpu_ms, sys_ms}' 2>/dev/null) || PROBE=
-  [ -z "$PROBE" ] || { echo "$PROBE" | jq -r '"\(.cpu_ms) \(.sys_ms)"' >> "$WORK/quiet-probes.txt"
-                       echo "{\"phase\":\"quiet_probe\",\"probe\":$PROBE}" >> "$RESULTS"; }
+  quiet_probe
+  [ -z "$PROBE" ] || echo "{\"phase\":\"quiet_probe\",\"probe\":$PROBE}" >> "$RESULTS"
   PROBE=
 done
 
