@@ -1460,13 +1460,14 @@ static int serve(void)
  * of 64 bytes on a socketpair, as their loopback I/O; "mem", 256 Ki
  * dependent loads through a random cycle over 32 MiB, as paygated and
  * PostgreSQL follow pointers through more memory than the caches near a
- * core hold.  The first two stayed within ~10 % while paygated needed 40 %
- * more CPU per order: what slowed the VM then was the memory behind the
- * caches, which the third measures.  Lower is faster; the figures only
- * compare runs on the same machine.
+ * core hold.  The first two once stayed within ~10 % while paygated needed
+ * 40 % more CPU per order; the third ranked runs as paygated's CPU per
+ * order did, though it moved less (docs/performance.md, eighth round).
+ * Lower is faster; the figures only compare runs on the same machine.
  *
- * Without --duration: seven rounds of the whole work on the quiet box
- * (before a window), the median printed.  With --duration S (and
+ * Without --duration: seven rounds of the whole work, the median printed
+ * (run.sh samples the quiet box as below instead, for 2 s, so that its
+ * figures compare with those during a window).  With --duration S (and
  * --warmup W): during a window, every --every-ms N (125) a 32nd of the
  * work, scaled back up, at nice 19, so that the probe costs ~2 % of a core
  * and never holds one for more than ~3 ms while the window's processes

@@ -73,7 +73,9 @@ const sysc = (r) => (r && r.rw_syscalls_per_req !== undefined
   ? `paygated ${n2(r.rw_syscalls_per_req)} read/write system calls and ${n2(r.ctx_switches_per_req)} context switches per order; ` : '');
 const pgs = (r) => (r && r.pg ? `; PG ${n0(r.pg.commits_per_s)} transactions/s, ${n0(r.pg.wal_syncs_per_s)} WAL flushes/s (${n2(r.pg.commits_per_sync)} transactions/flush)` +
   (r.pg.order_updates_per_s ? `, ${n0(r.pg.order_updates_hot_pct)} % of ${n0(r.pg.order_updates_per_s)} order updates/s HOT` : '') +
-  (r.pg.orders_per_create_batch ? `; ${n1(r.pg.orders_per_create_batch)} orders per create batch, ${n1(r.pg.updates_per_transition_batch)} updates per first-transition batch` : '') : '');
+  (r.pg.orders_per_create_batch ? `; ${n1(r.pg.orders_per_create_batch)} orders per create batch, ${n1(r.pg.updates_per_transition_batch)} updates per first-transition batch` : '') +
+  (r.pg.autovacuum_runs ? `; autovacuum/autoanalyze ran ${r.pg.autovacuum_runs} time(s) in the window` : '') +
+  (r.pg.checkpoints ? `; ${r.pg.checkpoints} checkpoint(s) in the window` : '') : '');
 const att = (r) => (r && r.attempt > 1 ? ` (attempt ${r.attempt})` : '');
 const bad = (r) => (r && r.bad ? ` (${n0(r.bad)} bad: ${JSON.stringify(r.status)})` : '');
 

@@ -228,21 +228,27 @@ pg_snap() {
   # commits, WAL flushes, writes, bytes; the orders table's updates and HOT updates
   # (the stats are flushed when a backend goes idle: a window's figures are
   # exact to within a second's worth); then orders inserted, and calls of
-  # the two c-to-b batch functions (track_functions, set above)
+  # the two c-to-b batch functions (track_functions, set above); then runs
+  # of autovacuum and autoanalyze on any table, and checkpoints: what
+  # PostgreSQL did besides the load
   "${PSQL[@]}" -tAc "SELECT (SELECT sum(xact_commit) FROM pg_stat_database) || ' ' || wal_sync || ' ' || wal_write || ' ' || wal_bytes
       || ' ' || (SELECT n_tup_upd || ' ' || n_tup_hot_upd || ' ' || n_tup_ins FROM pg_stat_user_tables WHERE relname = 'orders')
       || ' ' || (SELECT COALESCE(sum(calls) FILTER (WHERE funcname = 'gw_order_create_many'), 0) || ' '
                         || COALESCE(sum(calls) FILTER (WHERE funcname = 'gw_order_transition_first_many'), 0)
-                   FROM pg_stat_user_functions) FROM pg_stat_wal" 2>/dev/null || echo "0 0 0 0 0 0 0 0 0"
+                   FROM pg_stat_user_functions)
+      || ' ' || (SELECT sum(autovacuum_count + autoanalyze_count) FROM pg_stat_user_tables)
+      || ' ' || (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) FROM pg_stat_wal" 2>/dev/null ||
+    echo "0 0 0 0 0 0 0 0 0 0 0"
 }
 pg_delta() { # snap_before snap_after seconds -> json fragment
   local a=($1) b=($2) sec=$3
   awk -v c0="${a[0]}" -v s0="${a[1]}" -v w0="${a[2]}" -v b0="${a[3]}" -v c1="${b[0]}" -v s1="${b[1]}" -v w1="${b[2]}" -v b1="${b[3]}" \
       -v u0="${a[4]:-0}" -v h0="${a[5]:-0}" -v u1="${b[4]:-0}" -v h1="${b[5]:-0}" -v t="$sec" \
       -v i0="${a[6]:-0}" -v i1="${b[6]:-0}" -v cb0="${a[7]:-0}" -v cb1="${b[7]:-0}" -v tb0="${a[8]:-0}" -v tb1="${b[8]:-0}" \
+      -v m0="${a[9]:-0}" -v m1="${b[9]:-0}" -v k0="${a[10]:-0}" -v k1="${b[10]:-0}" \
     'BEGIN { c=c1-c0; s=s1-s0; u=u1-u0; cb=cb1-cb0; tb=tb1-tb0
-      printf "\"pg\":{\"commits_per_s\":%.0f,\"wal_syncs_per_s\":%.0f,\"wal_writes_per_s\":%.0f,\"commits_per_sync\":%.2f,\"wal_kb_per_s\":%.0f,\"order_updates_per_s\":%.0f,\"order_updates_hot_pct\":%.0f,\"orders_per_create_batch\":%.1f,\"updates_per_transition_batch\":%.1f}",
-        c/t, s/t, (w1-w0)/t, (s>0?c/s:0), (b1-b0)/1024/t, u/t, (u>0?(h1-h0)*100/u:0), (cb>0?(i1-i0)/cb:0), (tb>0?u/tb:0) }'
+      printf "\"pg\":{\"commits_per_s\":%.0f,\"wal_syncs_per_s\":%.0f,\"wal_writes_per_s\":%.0f,\"commits_per_sync\":%.2f,\"wal_kb_per_s\":%.0f,\"order_updates_per_s\":%.0f,\"order_updates_hot_pct\":%.0f,\"orders_per_create_batch\":%.1f,\"updates_per_transition_batch\":%.1f,\"autovacuum_runs\":%d,\"checkpoints\":%d}",
+        c/t, s/t, (w1-w0)/t, (s>0?c/s:0), (b1-b0)/1024/t, u/t, (u>0?(h1-h0)*100/u:0), (cb>0?(i1-i0)/cb:0), (tb>0?u/tb:0), m1-m0, k1-k0 }'
 }
 
 phase_json() { # name json [extra json fragment] -> results
@@ -284,8 +290,8 @@ quiet_probe() {
 # How much slower the machine ran during the window just measured than on
 # the quiet box: the probe taken during it ($WORK/probe-load.json, before
 # phase_json consumes it) against the median of this run's quiet probes,
-# in whole per cent, the larger of the CPU and socket figures (0 when
-# either is missing).  report.js flags a window at 15 % the same way.
+# in whole per cent, the largest of the CPU, socket and memory figures (0
+# when one is missing).  report.js flags a window at 15 % the same way.
 slower_pct() {
   [ -s "$WORK/probe-load.json" ] && [ -s "$WORK/quiet-probes.txt" ] || { echo 0; return; }
   local med f
@@ -304,9 +310,9 @@ slower_pct() {
 # its figures and the slowdown, and the report lists it under the
 # headline; the first attempt at the machine's usual speed (or the last
 # one) is the headline.  No retries under BENCH_PROFILE or BENCH_CALLGRIND.
-headline_window() { # name tag create-args…
-  local name=$1 tag=$2 attempt=1 max=$(( 1 + ${BENCH_RETRIES:-2} )) s0 s1 t0 t1 j d slow
-  shift 2
+headline_window() { # name create-args…
+  local name=$1 attempt=1 max=$(( 1 + ${BENCH_RETRIES:-2} )) s0 s1 t0 t1 j d slow
+  shift
   [ -z "${BENCH_PROFILE:-}${BENCH_CALLGRIND:-}" ] || max=1
   while :; do
     s0=$(pg_snap); t0=$(date +%s.%N)
@@ -595,7 +601,7 @@ if has_phase ctob; then
         cat "$WORK/trace.txt"; } > "$OUT/syscalls-ctob.txt" ) &
     PERF_PID=$!
   fi
-  headline_window ctob ctob bs1 wechat_qr ctob
+  headline_window ctob bs1 wechat_qr ctob
   if [ -n "${BENCH_CALLGRIND:-}" ]; then
     callgrind_control -d "$PAYGATED_PID" >/dev/null
     sleep 1
@@ -639,7 +645,7 @@ fi
 if has_phase ctobrate; then
   settle
   say "c-to-b at a fixed $RATE orders/s offered (open loop, up to $RATE_CONNS connections), $DUR s"
-  headline_window ctobrate ctobrate bs1 wechat_qr ctobrate --rate "$RATE" --conns "$RATE_CONNS"
+  headline_window ctobrate bs1 wechat_qr ctobrate --rate "$RATE" --conns "$RATE_CONNS"
 fi
 
 # ---------------------------------------------------------------- sweep
