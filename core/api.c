@@ -531,7 +531,7 @@ static void auth_check_sig(api_req_t *a, const char *secret)
      * and a loop turn less per order).  A replayed or invalid request thus
      * still counts — it shifts the rotation by one, nothing else. */
     if (a->prefetch && rotation_prefetch_key(a, a->rot_key, sizeof(a->rot_key)) &&
-        gw_redis_cmd(a->app->redis, rotation_prefetch_cb, a, "INCR %s", a->rot_key) == GW_OK)
+        gw_redis_cmdargv(a->app->redis, rotation_prefetch_cb, a, 2, (const char *[]){ "INCR", a->rot_key }, NULL) == GW_OK)
         a->rot_wait = 1;
 }
 
@@ -1133,7 +1133,7 @@ static void try_binding(api_req_t *a)
             rotation_done(a, got);
             return;
         }
-        if (gw_redis_cmd(a->app->redis, rotation_redis_cb, a, "INCR %s", key) != GW_OK)
+        if (gw_redis_cmdargv(a->app->redis, rotation_redis_cb, a, 2, (const char *[]){ "INCR", key }, NULL) != GW_OK)
             rotation_redis_cb(a, GW_EUNAVAIL, NULL);
         return;
     }
@@ -1288,7 +1288,8 @@ static void create_validated(api_req_t *a)
         return;
     }
     snprintf(key, sizeof(key), "gw:shop:%s", jstr(a->body, "shop_id"));
-    if (gw_redis_cmd(a->app->redis, routes_redis_cb, a, "GET %s", key) != GW_OK) routes_load_pg(a);
+    if (gw_redis_cmdargv(a->app->redis, routes_redis_cb, a, 2, (const char *[]){ "GET", key }, NULL) != GW_OK)
+        routes_load_pg(a);
 }
 
 /* The rotation counter a create will ask for, if it can be told before the

@@ -35,6 +35,7 @@
  */
 #include "pg.h"
 #include "migrations.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -72,6 +73,8 @@ struct pg_job {
     int nmembers;
     int send_failures;
     uint64_t sent_at;     /* uv_now() when sent */
+    uint64_t queued_ns;   /* uv_hrtime() when submitted */
+    uint64_t sent_ns;     /* uv_hrtime() when sent */
     PGresult *res;        /* result kept for the callback */
     gw_err_t err;         /* set when the job is finished */
     /* followed by the values array and the strings */
@@ -553,6 +556,21 @@ static void stmt_left(gw_pg_t *pg, pg_job_t *j)
         uv_prepare_start(&pg->dispatcher, on_prepare);
 }
 
+/* The metrics of a job that came back: how long it waited in paygated
+ * (queue, batch_inflight; for a batch, its oldest member's wait) and how
+ * long PostgreSQL took (sent to result, commit included). */
+static void observe(const gw_pg_t *pg, const pg_job_t *j)
+{
+    char lab[96];
+    gw_strjoin(lab, sizeof(lab), "statement=\"", j->stmt_idx >= 0 ? pg->stmts[j->stmt_idx].name : "sql",
+               "\"", NULL);
+    uint64_t queued = j->nmembers ? UINT64_MAX : j->queued_ns;
+    for (int k = 0; k < j->nmembers; k++)
+        if (j->members[k] && j->members[k]->queued_ns < queued) queued = j->members[k]->queued_ns;
+    gw_metric_observe("paygate_pg_wait_seconds", lab, (double)(j->sent_ns - queued) / 1e9);
+    gw_metric_observe("paygate_pg_query_duration_seconds", lab, (double)(uv_hrtime() - j->sent_ns) / 1e9);
+}
+
 static void job_complete(pg_conn_t *c, pg_job_t *j)
 {
     gw_pg_t *pg = c->pg;
@@ -588,6 +606,7 @@ static void job_complete(pg_conn_t *c, pg_job_t *j)
     }
     c->nuser--;
     pg->ninflight_user--;
+    observe(pg, j);
     stmt_left(pg, j);
     job_finish(pg, j, err);
 }
@@ -731,6 +750,7 @@ static int conn_send(pg_conn_t *c, pg_job_t *j)
         return -1;
     }
     j->sent_at = uv_now(pg->loop);
+    j->sent_ns = uv_hrtime();
     j->synced = 0;
     list_push(&c->inflight, j);
     if (j->stmt_idx >= 0) pg->stmts[pg->stmts[j->stmt_idx].family].inflight++;
@@ -1061,6 +1081,10 @@ static int parse_connect_timeout(const char *conninfo, char *err, size_t errlen)
 gw_pg_t *gw_pg_new(uv_loop_t *loop, const gw_pg_opts_t *opts)
 {
     char err[256];
+    gw_metric_declare("paygate_pg_wait_seconds", "histogram",
+                      "Time a statement waited in paygated before it was sent (a batch: its oldest member)");
+    gw_metric_declare("paygate_pg_query_duration_seconds", "histogram",
+                      "PostgreSQL statement latency (sent to result, commit included), by prepared statement");
     const char *conninfo = opts && opts->conninfo ? opts->conninfo : "";
     int cto = parse_connect_timeout(conninfo, err, sizeof(err));
     if (cto < 0) {
@@ -1208,6 +1232,7 @@ static gw_err_t pg_submit(gw_pg_t *pg, const char *stmt, const char *sql, int np
     j->cb = cb;
     j->vcb = vcb;
     j->udata = udata;
+    j->queued_ns = uv_hrtime();
     list_push(&pg->queue, j);
     /* sent just before the loop next polls: never from inside this call */
     uv_prepare_start(&pg->dispatcher, on_prepare);

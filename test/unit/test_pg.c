@@ -24,6 +24,7 @@
 
 #include "gw.h"
 #include "pg.h"
+#include "metrics.h"
 #include "migrations.h"
 
 /* internal to storage/pg.c: gw_pg_migrate_sync over an explicit list */
@@ -1025,6 +1026,21 @@ static gw_err_t bjob_submit(gw_pg_t *pg, const char *stmt, bjob_t *j, int k, con
     return rc;
 }
 
+/* The _count of a histogram's series for statement stmt in the metrics
+ * (this process's, cumulative), 0 when the series is not there. */
+static long long metric_count(const char *name, const char *stmt)
+{
+    gw_buf_t out;
+    gw_buf_init(&out, (size_t)1 << 24);
+    assert_int_equal(gw_metrics_render(&out), GW_OK);
+    char want[256];
+    snprintf(want, sizeof(want), "%s_count{statement=\"%s\"} ", name, stmt);
+    const char *p = out.data ? strstr(out.data, want) : NULL;
+    long long v = p ? atoll(p + strlen(want)) : 0;
+    gw_buf_free(&out);
+    return v;
+}
+
 static gw_pg_t *batch_pool(const bsql_t *s, int size, int pipeline, int max_batch)
 {
     gw_pg_t *pg = new_pool(size, pipeline, 1000, 0);
@@ -1109,6 +1125,11 @@ static void test_batch_one_turn(void **state)
     int nullrow = side_int("SELECT coalesce(min(k), -1) FROM %s WHERE v IS NULL", s.tbl);
     int lngrow = side_int("SELECT count(*) FROM %s WHERE k = %d AND v = repeat('ab\"\\', 1000)",
                           s.tbl, N - 1);
+    /* the latency metrics: one observation per statement sent, a batch once */
+    long long q_many = metric_count("paygate_pg_query_duration_seconds", s.many);
+    long long w_many = metric_count("paygate_pg_wait_seconds", s.many);
+    long long q_one = metric_count("paygate_pg_query_duration_seconds", s.one);
+    long long q_sql = metric_count("paygate_pg_query_duration_seconds", "sql");
     close_pool(pg);
     bsql_drop(&s);
 
@@ -1139,6 +1160,10 @@ static void test_batch_one_turn(void **state)
     assert_int_equal(nulls, 1);
     assert_int_equal(nullrow, nullk);
     assert_int_equal(lngrow, 1);
+    assert_int_equal(q_many, (long long)nb);
+    assert_int_equal(w_many, (long long)nb);
+    assert_int_equal(q_one, 0); /* every job went in a batch */
+    assert_true(q_sql >= NOTHER);
     free(j);
 }
 

@@ -237,6 +237,35 @@ static void test_set_get(void **state)
     assert_int_equal(b.len, 3);
     assert_memory_equal(b.str, "a\0b", 3);
 
+    /* argv as given: a value longer than the formatting's stack buffer
+     * (written to the heap), a key with a space and CRLF in it */
+    static char big[3000];
+    for (size_t i = 0; i < sizeof(big) - 1; i++) big[i] = (char)('a' + i % 26);
+    char sk[64];
+    snprintf(sk, sizeof(sk), "%s with space\r\n", k("big"));
+    const char *set_big[3] = { "SET", sk, big };
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(gw_redis_cmdargv(r, rec_cb, &a, 3, set_big, NULL), GW_OK);
+    assert_int_equal(gw_redis_cmdargv(r, rec_cb, &b, 2, (const char *[]){ "GET", sk }, NULL), GW_OK);
+    wait_rec(&b, 5000);
+    assert_int_equal(a.err, GW_OK);
+    assert_string_equal(a.str, "OK");
+    assert_int_equal(b.type, REDIS_REPLY_STRING);
+    assert_int_equal(b.len, sizeof(big) - 1);
+    assert_memory_equal(b.str, big, sizeof(b.str) - 1); /* what rec_cb keeps */
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(gw_redis_cmdargv(r, rec_cb, &b, 4, (const char *[]){ "GETRANGE", sk, "2900", "-1" }, NULL), GW_OK);
+    wait_rec(&b, 5000);
+    assert_int_equal(b.len, sizeof(big) - 1 - 2900);
+    assert_memory_equal(b.str, big + 2900, b.len); /* the tail arrived whole */
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(gw_redis_cmdargv(r, rec_cb, &b, 2, (const char *[]){ "DEL", sk }, NULL), GW_OK);
+    wait_rec(&b, 5000);
+    assert_int_equal(b.integer, 1);
+    const char *with_null[2] = { "GET", NULL };
+    assert_int_equal(gw_redis_cmdargv(r, rec_cb, &b, 2, with_null, NULL), GW_EINVAL);
+
     enum { N = 1000 };
     rec_t *m = calloc(N, sizeof(*m));
     assert_non_null(m);
