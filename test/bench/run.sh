@@ -33,7 +33,7 @@
 #   notify     Swiftpass payment notifications (MD5-signed) for PENDING orders
 #   slow       ctob again while the mock channel answers after 3 s with
 #              BENCH_SLOW_CONNS orders in flight on it, BENCH_SLOW_ROUNDS
-#              (2) windows, against references before, between and after
+#              (4) windows, each against the references right before and after it
 #   idle       BENCH_IDLE_CONNS idle keep-alive connections: paygated RSS
 #
 # Environment: BENCH_DURATION (s per phase, 20), BENCH_WARMUP (3),
@@ -71,7 +71,7 @@ DUR=${BENCH_DURATION:-20}
 WARM=${BENCH_WARMUP:-3}
 CONNS=${BENCH_CONNS:-64}
 SLOW_CONNS=${BENCH_SLOW_CONNS:-200}
-SLOW_ROUNDS=${BENCH_SLOW_ROUNDS:-2}
+SLOW_ROUNDS=${BENCH_SLOW_ROUNDS:-4}
 SWEEP_CONNS=${BENCH_SWEEP_CONNS:-32 64 128 192 256}
 RATE=${BENCH_RATE:-5000}
 RATE_CONNS=${BENCH_RATE_CONNS:-256}
@@ -704,7 +704,9 @@ if has_phase slow; then
   # without it, taken right before, between and after (the box drifts by
   # ±15 % from one 20-s window to the next: one window each way was a coin
   # toss).  SLOW_ROUNDS windows with the slow load, SLOW_ROUNDS + 1
-  # references around them; the report compares the means.
+  # references around them; the report compares each window with the two
+  # references either side and takes the median over the rounds (a slow
+  # stretch of the VM inside one window does not decide it).
   settle
   say "c-to-b reference run for the slow-channel comparison"
   j=$(create bs1 wechat_qr slow-ref-0)
