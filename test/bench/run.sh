@@ -86,6 +86,15 @@ say() { echo "bench: $*" >&2; }
 has_phase() { [[ "$PHASES" == *" $1 "* ]]; }
 
 mkdir -p "$OUT"
+# One bench at a time: two share the two cores (each measures the other)
+# and build/bench/results.jsonl.  The pid of the one running is in
+# build/bench/.running while it runs.
+if [ -s "$OUT/.running" ] && kill -0 "$(cat "$OUT/.running")" 2>/dev/null &&
+   grep -q "bench/run.sh" "/proc/$(cat "$OUT/.running")/cmdline" 2>/dev/null; then
+  say "another bench is running (pid $(cat "$OUT/.running")); not starting a second one"
+  exit 1
+fi
+echo $$ > "$OUT/.running"
 WORK=$(mktemp -d /tmp/paygate-bench.XXXXXX)
 RESULTS=$OUT/results.jsonl
 : > "$RESULTS"
@@ -95,6 +104,7 @@ PAYGATED_PID=""
 cleanup() {
   local rc=$?
   set +e
+  [ "$(cat "$OUT/.running" 2>/dev/null)" != $$ ] || rm -f "$OUT/.running"
   if [ -n "$PAYGATED_PID" ] && kill -0 "$PAYGATED_PID" 2>/dev/null; then
     kill -TERM "$PAYGATED_PID"
     for _ in $(seq 1 100); do kill -0 "$PAYGATED_PID" 2>/dev/null || break; sleep 0.1; done

@@ -40,7 +40,7 @@ sqlcost_run() { # kind batch units -> ms per unit (stdout)
       # Swiftpass notification body is ~930 bytes)
       echo "DO \$\$ DECLARE ids bigint[]; BEGIN
               FOR it IN 0..$(( its - 1 )) LOOP
-                SELECT array_agg((r->'order'->>'id')::bigint) INTO ids
+                SELECT array_agg((r::jsonb->'order'->>'id')::bigint) INTO ids
                   FROM gw_order_create_many((SELECT p FROM sqlcost_args WHERE tag = '$tag' AND n = it));
                 PERFORM count(*) FROM gw_order_transition_first_many((SELECT jsonb_agg(jsonb_build_array(id, '{CREATED}', 'PENDING', '$patch'::jsonb, 'channel')) FROM unnest(ids) id));
                 COMMIT;
@@ -55,7 +55,7 @@ sqlcost_run() { # kind batch units -> ms per unit (stdout)
              GROUP BY (rn - 1) / $b;"
       loop="PERFORM count(*) FROM gw_notify_ingest_many((SELECT p FROM sqlcost_args WHERE tag = '$tag' AND n = it)); COMMIT;"
     else
-      loop="SELECT array_agg((r->'order'->>'id')::bigint) INTO ids
+      loop="SELECT array_agg((r::jsonb->'order'->>'id')::bigint) INTO ids
               FROM gw_order_create_many((SELECT p FROM sqlcost_args WHERE tag = '$tag' AND n = it));
             COMMIT;
             PERFORM count(*) FROM gw_order_transition_first_many((SELECT jsonb_agg(jsonb_build_array(id, '{CREATED}', 'PENDING', '$patch'::jsonb, 'channel')) FROM unnest(ids) id));
