@@ -33,14 +33,20 @@ const base = {
   cpu: median(rows.filter((r) => r.probe).map((r) => r.probe.cpu_ms)),
   sys: median(rows.filter((r) => r.probe).map((r) => r.probe.sys_ms)),
   mem: median(rows.filter((r) => r.probe && r.probe.mem_ms).map((r) => r.probe.mem_ms)),
+  pg: median(rows.filter((r) => r.probe && r.probe.pg_ms).map((r) => r.probe.pg_ms)),
 };
-/* (results from before the memory part have no mem_ms: CPU and socket only) */
+/* (results from before the memory part have no mem_ms: CPU and socket
+ * only; from before PostgreSQL's part, no pg_ms).  PostgreSQL's part is
+ * taken on the quiet box right before the window (run.sh quiet_probe). */
 const slower = (r) => {
-  if (!r || !r.probe_load || !base.cpu || !base.sys) return 0;
+  if (!r) return 0;
+  const pg = base.pg && r.probe && r.probe.pg_ms ? r.probe.pg_ms / base.pg : 0;
+  if (!r.probe_load || !base.cpu || !base.sys) return Math.max(pg - 1, 0);
   const m = base.mem && r.probe_load.mem_ms ? r.probe_load.mem_ms / base.mem : 0;
-  return Math.max(r.probe_load.cpu_ms / base.cpu, r.probe_load.sys_ms / base.sys, m) - 1;
+  return Math.max(r.probe_load.cpu_ms / base.cpu, r.probe_load.sys_ms / base.sys, m, pg) - 1;
 };
-const pms = (p) => `${n0(p.cpu_ms)} / ${n0(p.sys_ms)}${p.mem_ms ? ` / ${n0(p.mem_ms)}` : ''} ms`;
+const pms = (p) => `${n0(p.cpu_ms)} / ${n0(p.sys_ms)}${p.mem_ms ? ` / ${n0(p.mem_ms)}` : ''} ms` +
+  (p.pg_ms ? `, PostgreSQL ${p.pg_ms.toFixed(3)} ms per order` : '');
 const probe = (r) => (r && r.probe ? `; probe ${pms(r.probe)}` : '') +
   (r && r.probe_load ? `${r.probe ? ', ' : '; probe '}during ${pms(r.probe_load)}` : '') +
   (slower(r) >= 0.15 ? ` **(machine ${(slower(r) * 100).toFixed(0)} % slower)**` : '');
@@ -202,10 +208,12 @@ if (rows.some((r) => r.probe || r.probe_load)) {
   out.push('');
   out.push('probe: the machine\'s speed measured on the quiet box right before the window (`gwload probe`): ' +
     'CPU ms for a fixed computation / for 20 000 socketpair write + read pairs / for 256 Ki dependent loads through 32 MiB ' +
-    '(the medians of samples of a 32nd of that work, scaled up, taken every 125 ms at nice 19 for 2 s); "during": the same ' +
-    'through the window. Lower is faster; this VM has stretches ' +
-    'in which they rise by tens of percent, and every process\'s CPU per order with them. "Machine slower": a probe ' +
-    `during the window 15 % or more above this run's quiet median (${pms(base)}).`);
+    '(the medians of samples of a 32nd of that work, scaled up, taken every 125 ms at nice 19 for 2 s), and PostgreSQL\'s ' +
+    'CPU per c-to-b order in one session (2 000 orders in batches of 10, the batch functions paygated calls); "during": ' +
+    'gwload\'s probe through the window. Lower is faster; this VM has stretches ' +
+    'in which they rise by tens of percent, and every process\'s CPU per order with them. "Machine slower": gwload\'s ' +
+    'probe during the window, or PostgreSQL\'s right before it, 15 % or more above this run\'s quiet median ' +
+    `(${pms(base)}).`);
 }
 if (pgBest && ctob) out.push('');
 console.log(out.join('\n'));

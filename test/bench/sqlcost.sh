@@ -14,7 +14,9 @@
 # is CPU, without the wait for the disk (the load phases keep durability on).
 # The arguments are built before the clock starts.
 #
-# Needs from run.sh: PG_BIN, PG_PORT, SUB1, WORK, RESULTS, say().
+# Needs from run.sh: PG_BIN, PG_PORT, SUB1, WORK, RESULTS, say().  run.sh
+# also uses sqlcost_run as the PostgreSQL part of its machine probe
+# (quiet_probe; SQLCOST_QUIET=1 leaves out the HOT line).
 
 sqlcost_psql() { "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d paygate "$@"; }
 
@@ -22,7 +24,7 @@ sqlcost_psql() { "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$P
 SQLCOST_CPU="(split_part(pg_read_file('/proc/self/stat'), ' ', 14)::bigint + split_part(pg_read_file('/proc/self/stat'), ' ', 15)::bigint)"
 
 sqlcost_run() { # kind batch units -> ms per unit (stdout)
-  local kind=$1 b=$2 n=$3 tag="sc-$1-$2-$$" its=$(( $3 / $2 )) hz
+  local kind=$1 b=$2 n=$3 tag="sc-$1-$2-$$-$(date +%s%N)" its=$(( $3 / $2 )) hz
   hz=$(getconf CLK_TCK)
   local order_arg="jsonb_build_object('merchant_id', 'bm1', 'shop_id', 'bs1', 'out_trade_no', '$tag-' || i,
       'amount', 100, 'subject', '$tag', 'method', 'wechat_qr', 'channel', 'swiftpass',
@@ -70,7 +72,7 @@ sqlcost_run() { # kind batch units -> ms per unit (stdout)
   ticks=$(sqlcost_psql -f "$WORK/sqlcost-$kind-$b.sql" | tail -1)
   # how many of the orders' updates were HOT (no new index entries; 0017)
   upd1=$(sqlcost_psql -c "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'orders'")
-  say "  sqlcost: $kind batch $b: $(awk -v a="$upd0" -v b="$upd1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+  [ -n "${SQLCOST_QUIET:-}" ] || say "  sqlcost: $kind batch $b: $(awk -v a="$upd0" -v b="$upd1" 'BEGIN { split(a, x, " "); split(b, y, " ");
         printf "%d of %d order updates HOT", y[2] - x[2], y[1] - x[1] }')" >&2
   # the units really went through: every order PENDING / SUCCESS
   local want=PENDING done
