@@ -10,6 +10,7 @@ const fs = require('node:fs');
 const rows = fs.readFileSync(process.argv[2] || 'build/bench/results.jsonl', 'utf8')
   .split('\n').filter(Boolean).map((l) => JSON.parse(l));
 const get = (phase) => rows.find((r) => r.phase === phase);
+const all = (phase) => rows.filter((r) => r.phase === phase);
 const pgb = (c) => rows.find((r) => r.phase === 'pgbench' && r.clients === c);
 
 const n0 = (x) => (x === undefined || x === null ? '–' : Math.round(x).toLocaleString('en-US'));
@@ -110,21 +111,37 @@ for (const kind of ['order', 'notify']) {
   }
 }
 const ctob = get('ctob');
-if (ctob) {
-  const ok = ctob.rate >= 5000 && ctob.p99_ms < 50;
-  out.push(`| **c-to-b create via Swiftpass** (${ctob.conns} conns) | **${n0(ctob.rate)} orders/s**${att(ctob)}${bad(ctob)}; RSS ${mb(ctob.rss_kb)}; ${sysc(ctob)}` +
-    `${pct(ctob.rate / (bare && bare.rate))} of bare HTTP, ${pct(ctob.rate / (pg4 && pg4.tps))} of pgbench -c 4's durable single-row commits/s, ` +
-    `${pct(ctob.rate / (pgo4 && pgo4.tps))} of the c-to-b statements run one order per transaction (pgbench -c 4)${pgs(ctob)} | ${lat(ctob)} | ≥ 5 000/s, p99 < 50 ms${verdict(ok)} | ${cpu(ctob)} | ${ctob.loadavg_end} |`);
-}
+const caps = all('capacity');
+/* ctob's target cell: with capacity windows in the run, the target is read
+ * there (ctob at 64 connections stays for the comparison with the earlier
+ * rounds); without them, here as before */
+const ctobTarget = caps.length ? '(at 64 connections, as in rounds 1–9)' : '';
+const ctobLine = (r, label) => `| ${label} (${r.conns} conns) | **${n0(r.rate)} orders/s**${att(r)}${bad(r)}; RSS ${mb(r.rss_kb)}; ${sysc(r)}` +
+    `${pct(r.rate / (bare && bare.rate))} of bare HTTP, ${pct(r.rate / (pg4 && pg4.tps))} of pgbench -c 4's durable single-row commits/s, ` +
+    `${pct(r.rate / (pgo4 && pgo4.tps))} of the c-to-b statements run one order per transaction (pgbench -c 4)${pgs(r)} | ${lat(r)} | ` +
+    `≥ 5 000/s, p99 < 50 ms${r === ctob && ctobTarget ? ` ${ctobTarget}` : ''}${verdict(r.rate >= 5000 && r.p99_ms < 50)} | ${cpu(r)} | ${r.loadavg_end} |`;
+if (ctob) out.push(ctobLine(ctob, '**c-to-b create via Swiftpass**'));
 /* attempts of a headline window set aside because the machine ran 15 % or
  * more slower through them (run.sh headline_window): shown, not counted */
 const slowed = (phase, what) => {
   for (const r of rows.filter((x) => x.phase === `${phase}_slowed`)) {
-    out.push(`| … attempt ${r.attempt}, set aside: the machine ${r.slower_pct} % slower than its quiet median; measured again | ` +
+    out.push(`| … attempt ${r.attempt}${r.conns ? ` (${r.conns} conns)` : ''}, set aside: the machine ${r.slower_pct} % slower than its quiet median; measured again | ` +
       `${n0(r.rate)} ${what}${bad(r)} | ${lat(r)} | | ${cpu(r)} | ${r.loadavg_end} |`);
   }
 };
 slowed('ctob', 'orders/s');
+for (const r of caps) out.push(ctobLine(r, 'c-to-b create via Swiftpass, more connections'));
+slowed('capacity', 'orders/s');
+/* the issue's c-to-b target read as capacity: the most orders/s of the
+ * closed-loop windows (ctob and capacity, attempts set aside excluded)
+ * whose p99 is under the bound */
+if (caps.length) {
+  const under = [ctob, ...caps].filter((r) => r && r.p99_ms < 50);
+  const best = under.reduce((b, r) => (!b || r.rate > b.rate ? r : b), undefined);
+  out.push(`| **c-to-b capacity at p99 < 50 ms** (closed loop at ${[ctob, ...caps].filter(Boolean).map((r) => r.conns).join(', ')} connections: ` +
+    `the most orders/s with p99 under the bound) | ${best ? `**${n0(best.rate)} orders/s at ${best.conns} connections, p99 ${n1(best.p99_ms)} ms**` : 'none under the bound'} | ` +
+    `${best ? lat(best) : '–'} | ≥ 5 000/s, p99 < 50 ms${verdict(!!best && best.rate >= 5000)} | | |`);
+}
 const cr = get('ctobrate');
 if (cr) {
   // met: (almost) everything offered was answered in the window, p99 < 50 ms
@@ -160,7 +177,6 @@ if (nt) {
 // The pooled means (every window with the slow load against every
 // reference) are shown beside it.  Older result files have one window each
 // way and the second reference as slow_ref2.
-const all = (phase) => rows.filter((r) => r.phase === phase);
 const mean = (rs, k) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
 const midpoint = (xs) => { // the median; of an even count, the mean of the middle two
   const v = [...xs].sort((a, b) => a - b);

@@ -24,6 +24,10 @@
 #   ctob       c-to-b create through Swiftpass (wechat_qr), BENCH_CONNS
 #              closed loops (each connection sends its next request when
 #              the last is answered)
+#   capacity   ctob again at each of BENCH_CAPACITY_CONNS ("96 128")
+#              connections: with ctob's 64, the most orders/s whose p99
+#              stays under 50 ms (the issue's c-to-b target read as
+#              capacity at its latency bound; stops at the first p99 over)
 #   ctobrate   the same at a fixed offered rate (BENCH_RATE, 5000/s; an
 #              open loop on up to BENCH_RATE_CONNS connections, 256), each
 #              latency counted from when its request was due
@@ -38,8 +42,8 @@
 #
 # Environment: BENCH_DURATION (s per phase, 20), BENCH_WARMUP (3),
 # BENCH_CONNS (64), BENCH_SLOW_CONNS (200), BENCH_IDLE_CONNS (10000),
-# BENCH_NOTIFY_ORDERS (300000), BENCH_PHASES ("ceilings sqlcost ctob ctobrate
-# btoc notify slow idle"), BENCH_RATE (5000), BENCH_RATE_CONNS (256), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
+# BENCH_NOTIFY_ORDERS (300000), BENCH_PHASES ("ceilings sqlcost ctob capacity
+# ctobrate btoc notify slow idle"), BENCH_CAPACITY_CONNS ("96 128"), BENCH_RATE (5000), BENCH_RATE_CONNS (256), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
 # paygated's own), BENCH_SYNC_COMMIT=off (a diagnostic, marked as such, never
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
 # times during ctob; needs linux-perf), BENCH_CALLGRIND=1 (paygated under
@@ -77,7 +81,8 @@ RATE=${BENCH_RATE:-5000}
 RATE_CONNS=${BENCH_RATE_CONNS:-256}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-300000}
-PHASES=" ${BENCH_PHASES:-ceilings sqlcost ctob ctobrate btoc notify slow idle} "
+CAPACITY_CONNS=${BENCH_CAPACITY_CONNS:-96 128}
+PHASES=" ${BENCH_PHASES:-ceilings sqlcost ctob capacity ctobrate btoc notify slow idle} "
 SECRET=bench-merchant-secret-0123456789
 MOCK_KEY=bench-mock-key-0123456789
 ADMIN_TOKEN=bench-admin-token-0123456789
@@ -659,6 +664,28 @@ if has_phase ctob; then
     set -e -o pipefail
     say "profiles: $OUT/perf-ctob-system.txt, $OUT/perf-ctob-paygated.txt, $OUT/pg-functions-ctob.txt, $OUT/syscalls-ctob.txt"
   fi
+fi
+
+# ---------------------------------------------------------------- capacity
+# The c-to-b target is a rate under a latency bound (>= 5 000 orders/s with
+# p99 < 50 ms).  ctob's 64 closed loops cannot show it: their rate is 64
+# over an order's latency (~12 ms, a quarter of the bound) with the box
+# ~150 % busy of 200, so they measure latency, not what the box carries.
+# The same closed loop at more connections, until p99 reaches the bound:
+# report.js takes the most orders/s among ctob and these windows whose p99
+# stays under 50 ms.  ctob stays at 64 for the comparison with the earlier
+# rounds and the slow-channel references; ctobrate is the strict reading.
+if has_phase capacity; then
+  for c in $CAPACITY_CONNS; do
+    settle
+    say "c-to-b create through Swiftpass: $c connections, $DUR s (capacity)"
+    headline_window capacity bs1 wechat_qr "cap-$c" --conns "$c"
+    p99=$(tail -1 "$RESULTS" | jq -r '.p99_ms // 0')
+    if awk "BEGIN{exit !($p99 >= 50)}"; then
+      say "p99 $p99 ms at $c connections: the latency bound is reached, no more connections"
+      break
+    fi
+  done
 fi
 
 # ---------------------------------------------------------------- ctobrate
