@@ -23,8 +23,10 @@ typedef void (*gw_pg_json_cb)(void *udata, gw_err_t err, struct cJSON *json);
 gw_err_t gw_pg_json(gw_app_t *app, const char *stmt, int n, const char *const *vals,
                     gw_pg_json_cb cb, void *udata);
 
-/* Sub-merchant credential rows cached in process (30 s): NULL when absent
- * or stale; forget after an admin change on this node. */
+/* Sub-merchant credential rows cached in process (api.cache_ttl_ms): NULL
+ * when absent, forgotten or older than twice the TTL; a stale row is
+ * returned and refreshed in the background.  Forget after an admin change
+ * on this node. */
 const struct cJSON *gw_subcache_get(gw_app_t *app, int64_t id);
 void gw_subcache_put(gw_app_t *app, const struct cJSON *row);
 void gw_subcache_forget(gw_app_t *app, int64_t id);

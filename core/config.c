@@ -116,6 +116,7 @@ static const gw__cfg_field_t api_fields[] = {
     I64("max_amount", api.max_amount, 0, 1, INT64_C(100000000000)),
     INT("timestamp_skew_s", api.timestamp_skew_s, 0, 1, 86400),
     INT("min_expire_s", api.min_expire_s, 0, 1, 86400),
+    INT("cache_ttl_ms", api.cache_ttl_ms, 0, 100, 3600000),
     END
 };
 static const gw__cfg_field_t settlement_fields[] = {
@@ -166,6 +167,7 @@ static void gw__cfg_defaults(gw_config_t *c)
     c->api.max_amount = INT64_C(100000000); /* 1 000 000.00 yuan */
     c->api.timestamp_skew_s = 300;
     c->api.min_expire_s = 60;
+    c->api.cache_ttl_ms = 30000;
     c->tasks.enabled = 1;
     c->tasks.tick_ms = 200;
     c->tasks.time_scale = 1.0;

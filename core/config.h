@@ -81,6 +81,7 @@ typedef struct gw_config {
         int64_t max_amount;        /* fen, per order */
         int timestamp_skew_s;      /* merchant request timestamps */
         int min_expire_s;          /* smallest expire_s a merchant may ask for */
+        int cache_ttl_ms;          /* credentials fresh in process; refreshed in the background */
     } api;
     struct {
         char *timezone;            /* business day of statements and bills [Asia/Shanghai] */
