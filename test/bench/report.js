@@ -164,9 +164,10 @@ const nt = get('notify');
 if (nt) {
   const ok = nt.rate >= 10000;
   const oc = nt.inbox_outcomes ? `; inbox: ${Object.entries(nt.inbox_outcomes).map(([k, v]) => `${k} ${v}`).join(', ')}` : '';
-  out.push(`| notification ingestion (${nt.conns} conns) | ${n0(nt.rate)} notifications/s${bad(nt)}; ` +
+  out.push(`| notification ingestion (${nt.conns} conns) | ${n0(nt.rate)} notifications/s${att(nt)}${bad(nt)}; ` +
     `${pct(nt.rate / (pg4 && pg4.tps))} of pgbench -c 4${oc}${pgs(nt)} | ${lat(nt)} | ≥ 10 000/s${verdict(ok)} | ${cpu(nt)} | ${nt.loadavg_end} |`);
 }
+slowed('notify', 'notifications/s');
 // The slow-channel comparison.  Each window with the slow load is compared
 // with the two reference windows either side of it (taken right before and
 // right after, without the slow load); the verdict is the median of those
@@ -229,7 +230,7 @@ if (rows.some((r) => r.probe || r.probe_load)) {
     'gwload\'s probe through the window. Lower is faster; this VM has stretches ' +
     'in which they rise by tens of percent, and every process\'s CPU per order with them. "Machine slower": gwload\'s ' +
     'probe during the window, or PostgreSQL\'s right before it, 15 % or more above this run\'s quiet median ' +
-    `(${pms(base)}).`);
+    `(${pms({ cpu_ms: base.cpu, sys_ms: base.sys, mem_ms: base.mem, pg_ms: base.pg })}).`);
 }
 if (pgBest && ctob) out.push('');
 console.log(out.join('\n'));

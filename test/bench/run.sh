@@ -42,7 +42,7 @@
 #
 # Environment: BENCH_DURATION (s per phase, 20), BENCH_WARMUP (3),
 # BENCH_CONNS (64), BENCH_SLOW_CONNS (200), BENCH_IDLE_CONNS (10000),
-# BENCH_NOTIFY_ORDERS (300000), BENCH_PHASES ("ceilings sqlcost ctob capacity
+# BENCH_NOTIFY_ORDERS (400000: a 20-s window at 15 000/s takes 300 000), BENCH_PHASES ("ceilings sqlcost ctob capacity
 # ctobrate btoc notify slow idle"), BENCH_CAPACITY_CONNS ("96 128"), BENCH_RATE (5000), BENCH_RATE_CONNS (256), BENCH_SWIFTPASS=node, BENCH_PG_POOL=N (postgres.pool_size; default:
 # paygated's own), BENCH_SYNC_COMMIT=off (a diagnostic, marked as such, never
 # a headline), BENCH_PROFILE=1 (perf, perf trace and PostgreSQL function
@@ -80,7 +80,7 @@ SWEEP_CONNS=${BENCH_SWEEP_CONNS:-32 64 128 192 256}
 RATE=${BENCH_RATE:-5000}
 RATE_CONNS=${BENCH_RATE_CONNS:-256}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
-NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-300000}
+NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-400000}
 CAPACITY_CONNS=${BENCH_CAPACITY_CONNS:-96 128}
 PHASES=" ${BENCH_PHASES:-ceilings sqlcost ctob capacity ctobrate btoc notify slow idle} "
 SECRET=bench-merchant-secret-0123456789
@@ -724,29 +724,56 @@ if has_phase btoc; then
 fi
 
 # ---------------------------------------------------------------- notify
-if has_phase notify; then
-  say "notification ingestion: seeding $NOTIFY_ORDERS PENDING orders"
-  "${PSQL[@]}" -c "SELECT count(gw_order_create(jsonb_build_object('merchant_id','bm1','shop_id','bs1',
-      'out_trade_no','N' || to_char(clock_timestamp(),'HH24MISS') || '-' || i,'amount',100,'subject','bench notify',
-      'method','wechat_qr','channel','swiftpass','sub_merchant_id',$SUB1,'channel_mch_id','755437100001',
-      'request_hash','bench','next_check_ms',86400000)))
-      FROM generate_series(1, $NOTIFY_ORDERS) i" >/dev/null
-  "${PSQL[@]}" -c "UPDATE orders SET status = 'PENDING' WHERE status = 'CREATED' AND subject = 'bench notify'" >/dev/null
+# Tops the PENDING orders the notifications are for up to NOTIFY_ORDERS
+# (a window uses up to ~300 000; an attempt measured again needs more) and
+# lists them for gwload.
+notify_seed() { # attempt
+  local have
+  have=$("${PSQL[@]}" -tAc "SELECT count(*) FROM orders WHERE status = 'PENDING' AND subject = 'bench notify'")
+  if [ "$have" -lt "$NOTIFY_ORDERS" ]; then
+    say "notification ingestion: seeding $((NOTIFY_ORDERS - have)) PENDING orders"
+    "${PSQL[@]}" -c "SELECT count(gw_order_create(jsonb_build_object('merchant_id','bm1','shop_id','bs1',
+        'out_trade_no','N$1-' || to_char(clock_timestamp(),'HH24MISS') || '-' || i,'amount',100,'subject','bench notify',
+        'method','wechat_qr','channel','swiftpass','sub_merchant_id',$SUB1,'channel_mch_id','755437100001',
+        'request_hash','bench','next_check_ms',86400000)))
+        FROM generate_series(1, $((NOTIFY_ORDERS - have))) i" >/dev/null
+    "${PSQL[@]}" -c "UPDATE orders SET status = 'PENDING' WHERE status = 'CREATED' AND subject = 'bench notify'" >/dev/null
+  fi
   "${PSQL[@]}" -tAc "SELECT trade_no || ' ' || channel_mch_id || ' ' || amount FROM orders
       WHERE status = 'PENDING' AND subject = 'bench notify' ORDER BY id" > "$WORK/notify-orders.txt"
-  settle
-  inbox_before=$("${PSQL[@]}" -tAc "SELECT COALESCE(max(id), 0) FROM notify_inbox")
-  say "notification ingestion: $CONNS connections, $DUR s"
-  s0=$(pg_snap); t0=$(date +%s.%N)
-  probe_during
-  j=$("$GWLOAD" notify --port "$GW_PORT" --orders "$WORK/notify-orders.txt" --key bench-md5-key-755437100001 \
-      --conns "$CONNS" --duration "$DUR" --warmup "$WARM" --expect success --watch "$WATCH" \
-      --rss-pid "$PAYGATED_PID" --tag notify)
-  wait "$PROBE_PID" || true
-  s1=$(pg_snap); t1=$(date +%s.%N)
-  outcomes=$("${PSQL[@]}" -tAc "SELECT COALESCE(jsonb_object_agg(outcome, n), '{}') FROM
-      (SELECT outcome, count(*) n FROM notify_inbox WHERE id > $inbox_before GROUP BY 1) x")
-  phase_json notify "$j" "\"inbox_outcomes\":$outcomes,$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")"
+}
+
+# Measured again, like the headline c-to-b windows, when the machine ran
+# 15 % or more slower through the window (headline_window): the second full
+# run of the tenth round missed the target (9 800/s) in a window flagged
+# 16 % slower, where every other run of the round took 11 000-14 700/s.
+if has_phase notify; then
+  attempt=1
+  while :; do
+    notify_seed "$attempt"
+    settle
+    inbox_before=$("${PSQL[@]}" -tAc "SELECT COALESCE(max(id), 0) FROM notify_inbox")
+    say "notification ingestion: $CONNS connections, $DUR s"
+    s0=$(pg_snap); t0=$(date +%s.%N)
+    probe_during
+    j=$("$GWLOAD" notify --port "$GW_PORT" --orders "$WORK/notify-orders.txt" --key bench-md5-key-755437100001 \
+        --conns "$CONNS" --duration "$DUR" --warmup "$WARM" --expect success --watch "$WATCH" \
+        --rss-pid "$PAYGATED_PID" --tag notify)
+    wait "$PROBE_PID" || true
+    s1=$(pg_snap); t1=$(date +%s.%N)
+    outcomes=$("${PSQL[@]}" -tAc "SELECT COALESCE(jsonb_object_agg(outcome, n), '{}') FROM
+        (SELECT outcome, count(*) n FROM notify_inbox WHERE id > $inbox_before GROUP BY 1) x")
+    extra="\"inbox_outcomes\":$outcomes,$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")"),\"attempt\":$attempt"
+    slow=$(slower_pct)
+    if [ "$slow" -ge "${BENCH_RETRY_PCT:-15}" ] && [ "$attempt" -le "${BENCH_RETRIES:-2}" ]; then
+      phase_json notify_slowed "$j" "$extra,\"slower_pct\":$slow"
+      say "the machine ran $slow % slower than its quiet median through that window: measuring again"
+      attempt=$((attempt + 1))
+      continue
+    fi
+    phase_json notify "$j" "$extra"
+    break
+  done
 fi
 
 # ---------------------------------------------------------------- slow
