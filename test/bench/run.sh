@@ -777,6 +777,32 @@ if has_phase notify; then
 fi
 
 # ---------------------------------------------------------------- slow
+# One round: a window with the slow load, then a reference after it.  Sets
+# SLOW_FLAG_W and SLOW_FLAG_R to how much slower the machine ran through
+# each (slower_pct).
+slow_round() { # round
+  local round=$1 j
+  settle
+  say "c-to-b while the mock channel answers after 3 s with $SLOW_CONNS orders in flight on it (round $round)"
+  curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":3000}' >/dev/null
+  "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs2 --method wechat_qr \
+    --conns "$SLOW_CONNS" --duration $((DUR + 8)) --warmup 4 --expect '"status":"PENDING"' --tag "slow-channel-$round" \
+    --max-connecting 50 --backoff-ms 1000 --ramp-ms 3000 > "$WORK/slow.json" &
+  SLOW_GEN=$!
+  sleep 4
+  j=$(create bs1 wechat_qr "slow-fast-$round")
+  SLOW_FLAG_W=$(slower_pct)
+  phase_json slow_fast "$j" "\"slower_pct\":$SLOW_FLAG_W"
+  wait "$SLOW_GEN" || true
+  phase_json slow_channel "$(cat "$WORK/slow.json")"
+  curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":0}' >/dev/null
+  settle
+  say "c-to-b reference run after the slow-channel run (round $round)"
+  j=$(create bs1 wechat_qr "slow-ref-$round")
+  SLOW_FLAG_R=$(slower_pct)
+  phase_json slow_ref "$j" "\"slower_pct\":$SLOW_FLAG_R"
+}
+
 if has_phase slow; then
   # The fast shop's rate and p99 with the slow load against references
   # without it, taken right before, between and after (the box drifts by
@@ -784,29 +810,29 @@ if has_phase slow; then
   # toss).  SLOW_ROUNDS windows with the slow load, SLOW_ROUNDS + 1
   # references around them; the report compares each window with the two
   # references either side and takes the median over the rounds (a slow
-  # stretch of the VM inside one window does not decide it).
+  # stretch of the VM inside one window does not decide it).  A round in
+  # which the window or a reference either side ran while the machine was
+  # BENCH_RETRY_PCT (15) % or more slower measured the VM: up to
+  # BENCH_RETRIES (2) more rounds are run at the end, and the report takes
+  # the median of the rounds at the machine's usual speed (the tenth
+  # round's third full run had two of four rounds in slow stretches: 75 %
+  # and 79 % against 93 % and 103 %).
   settle
   say "c-to-b reference run for the slow-channel comparison"
   j=$(create bs1 wechat_qr slow-ref-0)
-  phase_json slow_ref "$j"
-  for round in $(seq 1 "$SLOW_ROUNDS"); do
-    settle
-    say "c-to-b while the mock channel answers after 3 s with $SLOW_CONNS orders in flight on it ($round of $SLOW_ROUNDS)"
-    curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":3000}' >/dev/null
-    "$GWLOAD" create --port "$GW_PORT" --merchant bm1 --secret "$SECRET" --shop bs2 --method wechat_qr \
-      --conns "$SLOW_CONNS" --duration $((DUR + 8)) --warmup 4 --expect '"status":"PENDING"' --tag "slow-channel-$round" \
-      --max-connecting 50 --backoff-ms 1000 --ramp-ms 3000 > "$WORK/slow.json" &
-    SLOW_GEN=$!
-    sleep 4
-    j=$(create bs1 wechat_qr "slow-fast-$round")
-    phase_json slow_fast "$j"
-    wait "$SLOW_GEN" || true
-    phase_json slow_channel "$(cat "$WORK/slow.json")"
-    curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_sim/settings" -d '{"latency_ms":0}' >/dev/null
-    settle
-    say "c-to-b reference run after the slow-channel run ($round of $SLOW_ROUNDS)"
-    j=$(create bs1 wechat_qr "slow-ref-$round")
-    phase_json slow_ref "$j"
+  prev=$(slower_pct)
+  phase_json slow_ref "$j" "\"slower_pct\":$prev"
+  clean=0 round=0 extra=0
+  while :; do
+    round=$((round + 1))
+    slow_round "$round"
+    lim=${BENCH_RETRY_PCT:-15}
+    if [ "$prev" -lt "$lim" ] && [ "$SLOW_FLAG_W" -lt "$lim" ] && [ "$SLOW_FLAG_R" -lt "$lim" ]; then clean=$((clean + 1)); fi
+    prev=$SLOW_FLAG_R
+    [ "$round" -lt "$SLOW_ROUNDS" ] && continue
+    [ "$clean" -lt "$SLOW_ROUNDS" ] && [ "$extra" -lt "${BENCH_RETRIES:-2}" ] || break
+    extra=$((extra + 1))
+    say "$((round - clean)) round(s) ran while the machine was slower: one more round"
   done
 fi
 
