@@ -814,9 +814,10 @@ if has_phase slow; then
   # which the window or a reference either side ran while the machine was
   # BENCH_RETRY_PCT (15) % or more slower measured the VM: up to
   # BENCH_RETRIES (2) more rounds are run at the end, and the report takes
-  # the median of the rounds at the machine's usual speed (the tenth
-  # round's third full run had two of four rounds in slow stretches: 75 %
-  # and 79 % against 93 % and 103 %).
+  # the median of the rounds at the machine's usual speed (in the tenth
+  # round's third full run two of the four windows ran in slow stretches,
+  # 75 % and 79 % against 93 % and 103 %, and a reference beside each of
+  # the other two).
   settle
   say "c-to-b reference run for the slow-channel comparison"
   j=$(create bs1 wechat_qr slow-ref-0)
