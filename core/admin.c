@@ -36,8 +36,10 @@ typedef struct adm {
     char shop[40]; /* routing cache of this shop to drop on success */
 } adm_t;
 
-/* Drops the cached routing documents named: the shop's, and those of every
- * shop listed in result.shops (a sub-merchant's change touches those). */
+/* Drops what this node caches of what the change touched: the shop's
+ * routing document, and those of every shop listed in result.shops (a
+ * sub-merchant's change touches those); the sub-merchant's credentials
+ * (result.sub_merchant_id); the merchant's secret (result.cached_merchant). */
 static void invalidate(adm_t *a, const cJSON *result)
 {
     char key[96];
@@ -57,6 +59,9 @@ static void invalidate(adm_t *a, const cJSON *result)
     }
     const cJSON *sub = cJSON_GetObjectItemCaseSensitive(result, "sub_merchant_id");
     if (cJSON_IsNumber(sub)) gw_subcache_forget(a->app, (int64_t)sub->valuedouble);
+    /* "cached_merchant": a merchant's secret or status changed (put_merchant) */
+    const cJSON *merchant = cJSON_GetObjectItemCaseSensitive(result, "cached_merchant");
+    if (cJSON_IsString(merchant)) gw_merchant_forget(a->app, merchant->valuestring);
 }
 
 static int id_ok(gw_str_t s)
@@ -79,6 +84,7 @@ static void adm_pg_cb(void *udata, gw_err_t err, PGresult *res)
                 invalidate(a, v);
                 cJSON_DeleteItemFromObjectCaseSensitive(v, "shops");
                 cJSON_DeleteItemFromObjectCaseSensitive(v, "sub_merchant_id");
+                cJSON_DeleteItemFromObjectCaseSensitive(v, "cached_merchant");
                 cJSON_AddItemToObject(j, "result", v);
             }
         } else invalidate(a, NULL);
@@ -158,7 +164,7 @@ static void put_merchant(gw_app_t *app, gw_http_req_t *req, gw_str_t id)
     adm_exec(app, req, "merchant",
              "INSERT INTO merchants (id, name, secret, status) VALUES ($1, $2, $3, $4) "
              "ON CONFLICT (id) DO UPDATE SET name = $2, secret = $3, status = $4, updated_at = now() "
-             "RETURNING jsonb_build_object('id', id)",
+             "RETURNING jsonb_build_object('id', id, 'cached_merchant', id)",
              4, v);
     cJSON_Delete(b);
 }

@@ -120,6 +120,7 @@ typedef struct mc_entry {
     char *secret;
     int active;
     int refreshing;   /* a background read is in flight */
+    unsigned gen;     /* bumped by gw_merchant_forget */
     uint64_t fetched_ms;
 } mc_entry_t;
 
@@ -176,6 +177,7 @@ static void mc_put(gw_app_t *app, const char *id, const char *secret, int active
 typedef struct {
     gw_app_t *app;
     char id[40];
+    unsigned gen;
 } mc_refresh_t;
 
 static void mc_refresh_cb(void *udata, gw_err_t err, cJSON *j)
@@ -183,7 +185,10 @@ static void mc_refresh_cb(void *udata, gw_err_t err, cJSON *j)
     mc_refresh_t *r = udata;
     mc_entry_t *e = r->app->merchants ? mc_find(r->app, r->id) : NULL;
     if (e) e->refreshing = 0;
-    if (err == GW_OK) {
+    if (e && e->gen != r->gen) {
+        /* forgotten meanwhile (an admin change on this node): what was read
+         * may be from before it; the next request reads again */
+    } else if (err == GW_OK) {
         const char *secret = gw_jstr(j, "secret"), *status = gw_jstr(j, "status");
         mc_put(r->app, r->id, secret ? secret : "", status && strcmp(status, "active") == 0);
     } else if (err == GW_ENOENT) {
@@ -201,12 +206,22 @@ static void mc_refresh(gw_app_t *app, mc_entry_t *e)
     if (r == NULL) return;
     r->app = app;
     memcpy(r->id, e->id, sizeof(r->id));
+    r->gen = e->gen;
     const char *v[] = { r->id };
     if (gw_pg_json(app, "merchant_get", 1, v, mc_refresh_cb, r) != GW_OK) {
         free(r); /* the next request tries again */
         return;
     }
     e->refreshing = 1;
+}
+
+void gw_merchant_forget(gw_app_t *app, const char *id)
+{
+    mc_entry_t *e = app->merchants ? mc_find(app, id) : NULL;
+    if (e) {
+        e->fetched_ms = 0;
+        e->gen++;
+    }
 }
 
 /* Sub-merchant credentials, cached in process (never in Redis: secrets),

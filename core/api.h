@@ -30,6 +30,9 @@ gw_err_t gw_pg_json(gw_app_t *app, const char *stmt, int n, const char *const *v
 const struct cJSON *gw_subcache_get(gw_app_t *app, int64_t id);
 void gw_subcache_put(gw_app_t *app, const struct cJSON *row);
 void gw_subcache_forget(gw_app_t *app, int64_t id);
+/* Drops this node's cached secret of a merchant (admin changes): the next
+ * request reads it. */
+void gw_merchant_forget(gw_app_t *app, const char *id);
 /* Drops this node's cached routing document of a shop (admin changes). */
 void gw_routes_forget(gw_app_t *app, const char *shop);
 /* The same rows by the channel's merchant number (notifications). */

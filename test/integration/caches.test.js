@@ -4,12 +4,14 @@
  * api.cache_ttl_ms): past the TTL an entry still serves while one
  * background read refreshes it — one read however many requests arrive —
  * and the refreshed entry then decides; an entry twice the TTL old is read
- * before use; a sub-merchant changed through this node's admin API is read
- * again at once.  Counted with paygated's per-statement metrics, against
+ * before use; a merchant or sub-merchant changed through this node's admin
+ * API is read again at once (a change made on another node is simulated by
+ * writing the row directly).  Counted with paygated's per-statement metrics, against
  * real PostgreSQL and Redis and the Swiftpass simulator.
  */
 const test = require('node:test');
 const assert = require('node:assert');
+const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
 
@@ -20,6 +22,9 @@ const SECRET1 = 'caches-secret-one-0123456789';
 let services, sim, gw, shop;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+function psql(sql) {
+  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
+}
 let seq = 0;
 const otn = () => `C${Date.now().toString(36)}${seq++}`;
 const order = () => ({ shop_id: 's1', out_trade_no: otn(), amount: 100, subject: 'Tea', method: 'wechat_qr' });
@@ -77,9 +82,10 @@ test('past the TTL, 20 concurrent orders are served from the entries and refresh
   assert.equal(await reads('merchant_get'), m0 + 1);
 });
 
-test('a rotated secret: the stale entry still accepts the old one, the refreshed entry only the new one', async () => {
+test('a secret rotated on another node: the stale entry still accepts the old one, the refreshed entry only the new one', async () => {
   const secret2 = 'caches-secret-two-0123456789';
-  await pg.admin(gw, 'PUT', '/admin/merchants/m1', { name: 'Merchant m1', secret: secret2 });
+  // what another node's admin API writes (this node's cache is not told)
+  psql(`UPDATE merchants SET secret = '${secret2}', updated_at = now() WHERE id = 'm1'`);
   const call2 = pg.merchantClient(gw, 'm1', secret2);
   await sleep(TTL + 300);
   const m0 = await reads('merchant_get');
@@ -93,15 +99,35 @@ test('a rotated secret: the stale entry still accepts the old one, the refreshed
   shop.call = call2;
 });
 
-test('an entry twice the TTL old is read before use: a disabled merchant is refused at once', async () => {
-  await pg.admin(gw, 'PUT', '/admin/merchants/m1', { name: 'Merchant m1', secret: 'caches-secret-two-0123456789', status: 'disabled' });
+test('an entry twice the TTL old is read before use: a merchant disabled elsewhere is refused at once', async () => {
+  psql("UPDATE merchants SET status = 'disabled', updated_at = now() WHERE id = 'm1'");
   await sleep(2 * TTL + 300);
   const m0 = await reads('merchant_get');
   const r = await shop.call('POST', '/v1/orders', order());
   assert.equal(r.status, 403, r.body);
   assert.equal(r.json.error.code, 'merchant_disabled');
   assert.equal(await reads('merchant_get'), m0 + 1, 'read before the answer');
-  await pg.admin(gw, 'PUT', '/admin/merchants/m1', { name: 'Merchant m1', secret: 'caches-secret-two-0123456789' });
+  psql("UPDATE merchants SET status = 'active', updated_at = now() WHERE id = 'm1'");
+});
+
+test('a merchant changed through this node is read again at once: a new secret and a disabled merchant', async () => {
+  // a fresh entry first: nothing would be read without the forget
+  await sleep(2 * TTL + 300);
+  assert.equal((await shop.call('GET', '/v1/orders?out_trade_no=none-such')).status, 404);
+  const secret3 = 'caches-secret-three-0123456789';
+  const put = await pg.admin(gw, 'PUT', '/admin/merchants/m1', { name: 'Merchant m1', secret: secret3 });
+  assert.deepEqual(Object.keys(put.result), ['id'], 'the answer holds no cache bookkeeping');
+  const refused = await shop.call('GET', '/v1/orders?out_trade_no=none-such');
+  assert.equal(refused.status, 401, refused.body);
+  assert.equal(refused.json.error.code, 'bad_signature');
+  const call3 = pg.merchantClient(gw, 'm1', secret3);
+  assert.equal((await call3('GET', '/v1/orders?out_trade_no=none-such')).status, 404);
+  await pg.admin(gw, 'PUT', '/admin/merchants/m1', { name: 'Merchant m1', secret: secret3, status: 'disabled' });
+  const r = await call3('POST', '/v1/orders', order());
+  assert.equal(r.status, 403, r.body);
+  assert.equal(r.json.error.code, 'merchant_disabled');
+  await pg.admin(gw, 'PUT', '/admin/merchants/m1', { name: 'Merchant m1', secret: secret3 });
+  shop.call = call3;
 });
 
 test('a sub-merchant changed through this node is read again at once, not served stale', async () => {
