@@ -105,11 +105,44 @@ gw_err_t gw_pg_json(gw_app_t *app, const char *stmt, int n, const char *const *v
  * every 30 s).  An entry twice that old, or forgotten after an admin
  * change on this node, is read before use, as on a miss; so a change made
  * elsewhere takes effect within one to two TTLs. */
-static int cache_usable(const gw_app_t *app, uint64_t fetched_ms, int *stale)
+typedef struct {
+    uint64_t fetched_ms;  /* 0: forgotten, read before use */
+    unsigned gen;         /* bumped by a forget */
+    int refreshing;       /* a background read is in flight */
+} cache_meta_t;
+
+/* Whether the entry may serve; *refresh: whether the caller should start
+ * the background read (stale, and none in flight). */
+static int cache_usable(const gw_app_t *app, const cache_meta_t *m, int *refresh)
 {
-    uint64_t ttl = (uint64_t)app->cfg.api.cache_ttl_ms, age = gw_now_ms() - fetched_ms;
-    *stale = age >= ttl;
+    uint64_t ttl = (uint64_t)app->cfg.api.cache_ttl_ms, age = gw_now_ms() - m->fetched_ms;
+    *refresh = age >= ttl && !m->refreshing;
     return age < 2 * ttl; /* a clock stepped back gives a huge age: read */
+}
+
+static void cache_forget(cache_meta_t *m)
+{
+    m->fetched_ms = 0;
+    m->gen++;
+}
+
+/* A background read started at generation gen came back for the entry m
+ * (NULL: no longer cached).  1: err is GW_OK and what was read may be
+ * stored; otherwise the entry is dealt with here. */
+static int cache_refreshed(const gw_app_t *app, cache_meta_t *m, unsigned gen, gw_err_t err,
+                           const char *what, const char *id)
+{
+    if (m) m->refreshing = 0;
+    if (m && m->gen != gen) return 0; /* forgotten meanwhile (an admin change): what was read may
+                                         be from before it; the next use reads again */
+    if (err == GW_OK) return 1;
+    if (err == GW_ENOENT) {
+        if (m) m->fetched_ms = 0; /* gone: the next use reads, and is refused */
+    } else if (err != GW_ECANCELED) {
+        gw_log(GW_LOG_WARN, "%s %s: refreshing its cached credentials failed (%s); "
+               "the entry serves until it is %d ms old", what, id, gw_strerror(err), 2 * app->cfg.api.cache_ttl_ms);
+    }
+    return 0;
 }
 
 #define MC_BUCKETS 1024
@@ -119,9 +152,7 @@ typedef struct mc_entry {
     char id[40];
     char *secret;
     int active;
-    int refreshing;   /* a background read is in flight */
-    unsigned gen;     /* bumped by gw_merchant_forget */
-    uint64_t fetched_ms;
+    cache_meta_t c;
 } mc_entry_t;
 
 struct gw_merchant_cache {
@@ -163,13 +194,13 @@ static void mc_put(gw_app_t *app, const char *id, const char *secret, int active
     }
     char *copy = strdup(secret);
     if (copy == NULL) {
-        e->fetched_ms = 0; /* read again next time rather than serve the old one */
+        e->c.fetched_ms = 0; /* read again next time rather than serve the old one */
         return;
     }
     free(e->secret);
     e->secret = copy;
     e->active = active;
-    e->fetched_ms = gw_now_ms();
+    e->c.fetched_ms = gw_now_ms();
 }
 
 /* The background read of a stale entry (the id, not the entry, is kept:
@@ -184,18 +215,9 @@ static void mc_refresh_cb(void *udata, gw_err_t err, cJSON *j)
 {
     mc_refresh_t *r = udata;
     mc_entry_t *e = r->app->merchants ? mc_find(r->app, r->id) : NULL;
-    if (e) e->refreshing = 0;
-    if (e && e->gen != r->gen) {
-        /* forgotten meanwhile (an admin change on this node): what was read
-         * may be from before it; the next request reads again */
-    } else if (err == GW_OK) {
+    if (cache_refreshed(r->app, e ? &e->c : NULL, r->gen, err, "merchant", r->id)) {
         const char *secret = gw_jstr(j, "secret"), *status = gw_jstr(j, "status");
         mc_put(r->app, r->id, secret ? secret : "", status && strcmp(status, "active") == 0);
-    } else if (err == GW_ENOENT) {
-        if (e) e->fetched_ms = 0; /* gone: the next request reads, and is refused */
-    } else if (err != GW_ECANCELED) {
-        gw_log(GW_LOG_WARN, "merchant %s: refreshing its cached credentials failed (%s); "
-               "the entry serves until it is %d ms old", r->id, gw_strerror(err), 2 * r->app->cfg.api.cache_ttl_ms);
     }
     free(r);
 }
@@ -206,22 +228,19 @@ static void mc_refresh(gw_app_t *app, mc_entry_t *e)
     if (r == NULL) return;
     r->app = app;
     memcpy(r->id, e->id, sizeof(r->id));
-    r->gen = e->gen;
+    r->gen = e->c.gen;
     const char *v[] = { r->id };
     if (gw_pg_json(app, "merchant_get", 1, v, mc_refresh_cb, r) != GW_OK) {
         free(r); /* the next request tries again */
         return;
     }
-    e->refreshing = 1;
+    e->c.refreshing = 1;
 }
 
 void gw_merchant_forget(gw_app_t *app, const char *id)
 {
     mc_entry_t *e = app->merchants ? mc_find(app, id) : NULL;
-    if (e) {
-        e->fetched_ms = 0;
-        e->gen++;
-    }
+    if (e) cache_forget(&e->c);
 }
 
 /* Sub-merchant credentials, cached in process (never in Redis: secrets),
@@ -232,9 +251,7 @@ typedef struct sc_entry {
     struct sc_entry *next;
     int64_t id;
     cJSON *row;
-    int refreshing;
-    unsigned gen;     /* bumped by gw_subcache_forget */
-    uint64_t fetched_ms;
+    cache_meta_t c;
 } sc_entry_t;
 
 static sc_entry_t *subcache[SC_BUCKETS];
@@ -256,18 +273,9 @@ static void sc_refresh_cb(void *udata, gw_err_t err, cJSON *j)
 {
     sc_refresh_t *r = udata;
     sc_entry_t *e = sc_find(r->id);
-    if (e) e->refreshing = 0;
-    if (e && e->gen != r->gen) {
-        /* forgotten meanwhile (an admin change): what was read may be from
-         * before it; the next use reads again */
-    } else if (err == GW_OK) gw_subcache_put(r->app, j);
-    else if (err == GW_ENOENT) {
-        if (e) e->fetched_ms = 0;
-    } else if (err != GW_ECANCELED) {
-        gw_log(GW_LOG_WARN, "sub-merchant %lld: refreshing its cached credentials failed (%s); "
-               "the entry serves until it is %d ms old", (long long)r->id, gw_strerror(err),
-               2 * r->app->cfg.api.cache_ttl_ms);
-    }
+    char num[24];
+    gw_i64toa(r->id, num);
+    if (cache_refreshed(r->app, e ? &e->c : NULL, r->gen, err, "sub-merchant", num)) gw_subcache_put(r->app, j);
     free(r);
 }
 
@@ -277,7 +285,7 @@ static void sc_refresh(gw_app_t *app, sc_entry_t *e)
     if (r == NULL) return;
     r->app = app;
     r->id = e->id;
-    r->gen = e->gen;
+    r->gen = e->c.gen;
     char num[24];
     gw_i64toa(e->id, num);
     const char *v[] = { num };
@@ -285,15 +293,15 @@ static void sc_refresh(gw_app_t *app, sc_entry_t *e)
         free(r); /* the next use tries again */
         return;
     }
-    e->refreshing = 1;
+    e->c.refreshing = 1;
 }
 
 const cJSON *gw_subcache_get(gw_app_t *app, int64_t id)
 {
     sc_entry_t *e = sc_find(id);
-    int stale;
-    if (e == NULL || e->row == NULL || !cache_usable(app, e->fetched_ms, &stale)) return NULL;
-    if (stale && !e->refreshing) sc_refresh(app, e);
+    int refresh;
+    if (e == NULL || e->row == NULL || !cache_usable(app, &e->c, &refresh)) return NULL;
+    if (refresh) sc_refresh(app, e);
     return e->row;
 }
 
@@ -316,7 +324,7 @@ void gw_subcache_put(gw_app_t *app, const cJSON *row)
     }
     cJSON_Delete(e->row);
     e->row = cJSON_Duplicate(row, 1);
-    e->fetched_ms = gw_now_ms();
+    e->c.fetched_ms = gw_now_ms();
     sc_mch_put(row, id);
 }
 
@@ -324,10 +332,7 @@ void gw_subcache_forget(gw_app_t *app, int64_t id)
 {
     (void)app;
     for (sc_entry_t *e = subcache[(uint64_t)id % SC_BUCKETS]; e; e = e->next)
-        if (e->id == id) {
-            e->fetched_ms = 0;
-            e->gen++;
-        }
+        if (e->id == id) cache_forget(&e->c);
 }
 
 /* Notifications name the sub-merchant by (channel, merchant number): a
@@ -720,9 +725,9 @@ static void api_auth(api_req_t *a, step_fn next)
     }
     snprintf(a->merchant_id, sizeof(a->merchant_id), "%.*s", (int)mid.len, mid.ptr);
     mc_entry_t *e = mc_find(a->app, a->merchant_id);
-    int stale;
-    if (e && cache_usable(a->app, e->fetched_ms, &stale)) {
-        if (stale && !e->refreshing) mc_refresh(a->app, e);
+    int refresh;
+    if (e && cache_usable(a->app, &e->c, &refresh)) {
+        if (refresh) mc_refresh(a->app, e);
         if (!e->active) {
             api_error(a, 403, "merchant_disabled", "this merchant is disabled");
             return;

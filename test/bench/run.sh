@@ -82,6 +82,8 @@ RATE_CONNS=${BENCH_RATE_CONNS:-256}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 NOTIFY_ORDERS=${BENCH_NOTIFY_ORDERS:-400000}
 CAPACITY_CONNS=${BENCH_CAPACITY_CONNS:-96 128}
+RETRIES=${BENCH_RETRIES:-2}        # more attempts of a window the machine ran slow through
+RETRY_PCT=${BENCH_RETRY_PCT:-15}   # ... that much slower than its quiet median
 PHASES=" ${BENCH_PHASES:-ceilings sqlcost ctob capacity ctobrate btoc notify slow idle} "
 SECRET=bench-merchant-secret-0123456789
 MOCK_KEY=bench-mock-key-0123456789
@@ -341,7 +343,7 @@ slower_pct() {
 # headline; the first attempt at the machine's usual speed (or the last
 # one) is the headline.  No retries under BENCH_PROFILE or BENCH_CALLGRIND.
 headline_window() { # name create-args…
-  local name=$1 attempt=1 max=$(( 1 + ${BENCH_RETRIES:-2} )) s0 s1 t0 t1 j d slow
+  local name=$1 attempt=1 max=$(( 1 + RETRIES )) s0 s1 t0 t1 j d slow
   shift
   [ -z "${BENCH_PROFILE:-}${BENCH_CALLGRIND:-}" ] || max=1
   while :; do
@@ -350,7 +352,7 @@ headline_window() { # name create-args…
     s1=$(pg_snap); t1=$(date +%s.%N)
     d=$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")")
     slow=$(slower_pct)
-    if [ "$slow" -ge "${BENCH_RETRY_PCT:-15}" ] && [ "$attempt" -lt "$max" ]; then
+    if [ "$slow" -ge "$RETRY_PCT" ] && [ "$attempt" -lt "$max" ]; then
       phase_json "${name}_slowed" "$j" "$d,\"attempt\":$attempt,\"slower_pct\":$slow"
       say "the machine ran $slow % slower than its quiet median through that window: measuring again"
       attempt=$((attempt + 1))
@@ -765,7 +767,7 @@ if has_phase notify; then
         (SELECT outcome, count(*) n FROM notify_inbox WHERE id > $inbox_before GROUP BY 1) x")
     extra="\"inbox_outcomes\":$outcomes,$(pg_delta "$s0" "$s1" "$(awk "BEGIN{print $t1 - $t0}")"),\"attempt\":$attempt"
     slow=$(slower_pct)
-    if [ "$slow" -ge "${BENCH_RETRY_PCT:-15}" ] && [ "$attempt" -le "${BENCH_RETRIES:-2}" ]; then
+    if [ "$slow" -ge "$RETRY_PCT" ] && [ "$attempt" -le "$RETRIES" ]; then
       phase_json notify_slowed "$j" "$extra,\"slower_pct\":$slow"
       say "the machine ran $slow % slower than its quiet median through that window: measuring again"
       attempt=$((attempt + 1))
@@ -827,11 +829,12 @@ if has_phase slow; then
   while :; do
     round=$((round + 1))
     slow_round "$round"
-    lim=${BENCH_RETRY_PCT:-15}
-    if [ "$prev" -lt "$lim" ] && [ "$SLOW_FLAG_W" -lt "$lim" ] && [ "$SLOW_FLAG_R" -lt "$lim" ]; then clean=$((clean + 1)); fi
+    if [ "$prev" -lt "$RETRY_PCT" ] && [ "$SLOW_FLAG_W" -lt "$RETRY_PCT" ] && [ "$SLOW_FLAG_R" -lt "$RETRY_PCT" ]; then
+      clean=$((clean + 1))
+    fi
     prev=$SLOW_FLAG_R
     [ "$round" -lt "$SLOW_ROUNDS" ] && continue
-    [ "$clean" -lt "$SLOW_ROUNDS" ] && [ "$extra" -lt "${BENCH_RETRIES:-2}" ] || break
+    [ "$clean" -lt "$SLOW_ROUNDS" ] && [ "$extra" -lt "$RETRIES" ] || break
     extra=$((extra + 1))
     say "$((round - clean)) round(s) ran while the machine was slower: one more round"
   done
