@@ -21,7 +21,6 @@ const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { execFileSync } = require('node:child_process');
 const { AlipaySdk } = require('alipay-sdk');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
@@ -43,9 +42,7 @@ function genKeys() {
   }));
 }
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 
 /* The SDK as the ISV app uses it, and as "Alipay's side" checking the app's signatures. */
 function sdkApp(extra = {}) {

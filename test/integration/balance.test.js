@@ -8,15 +8,12 @@
  */
 const test = require('node:test');
 const assert = require('node:assert');
-const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
 
 let services, gw, shop;
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 
 const CFG = { tasks: { time_scale: 0.01, tick_ms: 20 } };
 

@@ -24,7 +24,7 @@ const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
 const http = require('node:http');
-const { execFileSync, spawnSync } = require('node:child_process');
+const { spawnSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
 
@@ -37,9 +37,7 @@ const GOOD_CODE = '134567890123456781';   // the simulator pays it at once
 const FAIL_CODE = '134567890123450000';   // the simulator declines it
 let services, sim, gw, shop, merchant;
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 /* The rows of a query as objects. */
 function rows(sql) {
   return JSON.parse(psql(`SELECT COALESCE(json_agg(x), '[]') FROM (${sql}) x`));

@@ -11,7 +11,6 @@
  */
 const test = require('node:test');
 const assert = require('node:assert');
-const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
 
@@ -22,9 +21,7 @@ const SECRET1 = 'caches-secret-one-0123456789';
 let services, sim, gw, shop;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 let seq = 0;
 const otn = () => `C${Date.now().toString(36)}${seq++}`;
 const order = () => ({ shop_id: 's1', out_trade_no: otn(), amount: 100, subject: 'Tea', method: 'wechat_qr' });

@@ -28,7 +28,6 @@ const assert = require('node:assert');
 const crypto = require('node:crypto');
 const http = require('node:http');
 const net = require('node:net');
-const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
 
@@ -58,9 +57,7 @@ function prng(seed) {
 const rint = (rnd, lo, hi) => lo + Math.floor(rnd() * (hi - lo + 1));
 const digits = (rnd, n) => Array.from({ length: n }, () => rint(rnd, 0, 9)).join('');
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8', maxBuffer: 256 << 20 }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 function psqlJson(sql) {
   const out = psql(`SELECT COALESCE(json_agg(x), '[]') FROM (${sql}) x`);
   return JSON.parse(out || '[]');

@@ -15,7 +15,6 @@ const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
 const http = require('node:http');
-const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
 
@@ -24,9 +23,7 @@ const KEY = 'followup-md5-key-000000021';
 const SCALE = 0.01;
 let services, sim, gw, shop;
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 
 function gwConfig(extra = {}) {
   return {

@@ -40,9 +40,7 @@ const BANK_B64 = fs.readFileSync(path.join(FIX, 'bank_pub_spki.b64'), 'utf8').tr
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'mybank-it-'));
 let services, sim, gw, shop;
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 
 // ---------------------------------------------------------------- xmlsec1, the independent verifier
 let tmpSeq = 0;

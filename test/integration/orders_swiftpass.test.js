@@ -9,7 +9,6 @@
 const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
-const { execFileSync } = require('node:child_process');
 const h = require('../lib/harness');
 const pg = require('../lib/paygate');
 
@@ -17,9 +16,7 @@ const MCH = '755437000006';
 const KEY = 'sim-md5-key-for-tests-0001';
 let services, sim, gw, shop;
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 
 /* Swiftpass MD5 sign computed here, independently of the C module. */
 function spSign(fields, key) {

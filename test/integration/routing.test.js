@@ -22,9 +22,7 @@ const SPKEY = (m) => `routing-key-${m}`;
 const MOCKKEY = 'mock-routing-key-1';
 let services, sp, mock, mockPort, gw, chanDir, m;
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 
 function gwConfig(extra = {}) {
   return {

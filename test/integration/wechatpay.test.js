@@ -48,9 +48,7 @@ const M2 = '1900000209';      // served by the responder built from the npm pack
 let services, sim, gw, router, shop1, shop2, tmp, plat, soPath;
 const keys = {};              // generated here
 
-function psql(sql) {
-  return execFileSync('psql', [services.pg.conninfo, '-At', '-c', sql], { encoding: 'utf8' }).trim();
-}
+const psql = (sql) => services.pg.query(sql);
 const pem = (k, type) => k.export(type === 'private' ? { type: 'pkcs8', format: 'pem' } : { type: 'spki', format: 'pem' });
 const rsaPair = () => crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
 const rsaPairAsync = () => new Promise((resolve, reject) => crypto.generateKeyPair('rsa', { modulusLength: 2048 },

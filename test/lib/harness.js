@@ -140,6 +140,9 @@ async function startServices() {
       port: Number(env.PG_PORT),
       conninfo: env.PG_CONNINFO,
       superConninfo: env.PG_SUPER_CONNINFO,
+      /* one statement through psql as the paygate user; its unaligned output, trimmed */
+      query: (sql) => execFileSync('psql', [env.PG_CONNINFO, '-At', '-c', sql],
+        { encoding: 'utf8', maxBuffer: 256 << 20 }).trim(),
       stop: () => ctl('pg-stop').then(() => undefined),
       start: () => ctl('pg-start').then(() => undefined),
     },
